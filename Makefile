@@ -1,0 +1,38 @@
+# edgezoo: every target creates .venv when it is missing and installs what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-dev
+JOBS    ?= 2
+
+.PHONY: demo test test-all lint bench table clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# One install for every target: the dev extra pulls export+train+pytest+ruff.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgezoo demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(JOBS) -m "not slow" tests
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(JOBS) tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/edgezoo bench --out bench.json
+
+table: $(STAMP)
+	$(BIN)/python scripts/model_table.py --write README.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

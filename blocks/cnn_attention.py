@@ -1,0 +1,224 @@
+"""Channel and spatial attention modules for CNNs, and one factory for all of them.
+
+Every module maps ``(B, C, H, W) -> (B, C, H, W)`` and re-weights its input, so it can be
+dropped into any residual branch. Conv+BN parts are :class:`ConvBN` and fold away in
+:func:`edgezoo.fuse`.
+
+=========  ===========================================================================
+name       paper
+=========  ===========================================================================
+se         Squeeze-and-Excitation Networks, Hu et al., CVPR 2018
+cbam       CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018
+eca        ECA-Net: Efficient Channel Attention, Wang et al., CVPR 2020
+triplet    Rotate to Attend: Convolutional Triplet Attention, Misra et al., WACV 2021
+ela_*      ELA: Efficient Local Attention for Deep CNNs, Xu & Wan, 2024 (T/B/S/L)
+ca         Coordinate Attention for Efficient Mobile Network Design, Hou et al., CVPR 2021
+=========  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import ClassVar
+
+import torch
+from edgezoo.blocks.conv_bn import ConvBN
+from timm.layers import make_divisible
+from torch import nn
+
+__all__ = ["ATTENTIONS", "CBAM", "ECA", "ELA", "CoordAttention", "SqueezeExcite", "TripletAttention", "create_attn"]
+
+def _reduced(channels: int, reduction: float, divisor: int) -> int:
+    """Hidden width of a bottleneck MLP: ``channels / reduction`` rounded to ``divisor``."""
+    return make_divisible(channels / reduction, divisor, round_limit=0.0)
+
+
+class SqueezeExcite(nn.Module):
+    """SE (Hu et al., CVPR 2018): global average pool -> FC-ReLU-FC -> sigmoid channel gate.
+
+    FCs are 1x1 convs with bias; the hidden width is ``channels / reduction`` rounded up to a
+    multiple of ``divisor`` (8 keeps hardware-friendly widths and matches timm's SE-ResNets).
+    """
+
+    def __init__(self, channels: int, reduction: float = 16, divisor: int = 8, **dd) -> None:
+        super().__init__()
+        hidden = _reduced(channels, reduction, divisor)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True, **dd)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * gate.sigmoid()
+
+
+class ZPool(nn.Module):
+    """Channel-max and channel-mean maps stacked: ``(B, C, H, W) -> (B, 2, H, W)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+
+
+class SpatialGate(nn.Module):
+    """ZPool -> k x k Conv-BN (2 -> 1 channel) -> sigmoid: a one-channel spatial attention map."""
+
+    def __init__(self, kernel_size: int = 7, **dd) -> None:
+        super().__init__()
+        self.pool = ZPool()
+        self.conv = ConvBN(2, 1, kernel_size, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv(self.pool(x)).sigmoid()
+
+
+class CBAM(nn.Module):
+    """CBAM (Woo et al., ECCV 2018): channel attention, then spatial attention.
+
+    Channel: one MLP shared by the average- and max-pooled descriptors, outputs summed, sigmoid.
+    Spatial: a 7x7 conv (+BN) over the channel-max and channel-mean maps, sigmoid.
+    """
+
+    def __init__(self, channels: int, reduction: float = 16, spatial_kernel: int = 7, divisor: int = 8,
+                 **dd) -> None:
+        super().__init__()
+        hidden = _reduced(channels, reduction, divisor)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True, **dd)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True, **dd)
+        self.spatial = SpatialGate(spatial_kernel, **dd)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self._mlp(x.mean((2, 3), keepdim=True)) + self._mlp(x.amax((2, 3), keepdim=True))
+        return self.spatial(x * gate.sigmoid())
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
+    """ECA's adaptive kernel ``|log2(C)/gamma + b/gamma|_odd`` (as the paper's code rounds it)."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+class ECA(nn.Module):
+    """ECA (Wang et al., CVPR 2020): global average pool -> 1-D conv across channels -> sigmoid.
+
+    No dimensionality reduction; the 1-D kernel ``k`` grows with ``log2(C)`` (gamma 2, b 1)
+    unless given. ``k`` parameters in all.
+    """
+
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1,
+                 **dd) -> None:
+        super().__init__()
+        k = kernel_size or eca_kernel_size(channels, gamma, b)
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.mean((2, 3)).unsqueeze(1))  # (B, 1, C): convolve along channels
+        return x * y.transpose(1, 2).unsqueeze(-1).sigmoid()
+
+
+class TripletAttention(nn.Module):
+    """Triplet attention (Misra et al., WACV 2021): three spatial gates on rotated views.
+
+    Branches see the tensor as (C, W) planes pooled over H, (H, C) planes pooled over W, and
+    the usual (H, W) plane pooled over C; each applies :class:`SpatialGate`; the three
+    re-weighted tensors are averaged. ``3 * (2k^2 + 2)`` parameters.
+    """
+
+    def __init__(self, channels: int | None = None, kernel_size: int = 7, **dd) -> None:
+        super().__init__()
+        self.gate_cw = SpatialGate(kernel_size, **dd)  # C-W interaction (pool over H)
+        self.gate_hc = SpatialGate(kernel_size, **dd)  # H-C interaction (pool over W)
+        self.gate_hw = SpatialGate(kernel_size, **dd)  # H-W interaction (pool over C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cw = self.gate_cw(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+        hc = self.gate_hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
+        return (cw + hc + self.gate_hw(x)) * (1.0 / 3.0)
+
+
+def _group_count(channels: int, groups: int) -> int:
+    """``groups`` if it divides ``channels``, else their gcd (GroupNorm needs a divisor)."""
+    return groups if channels % groups == 0 else math.gcd(channels, groups)
+
+
+class ELA(nn.Module):
+    """ELA (Xu & Wan, 2024): strip-pooled 1-D conv + GroupNorm gates along H and along W.
+
+    Average over W gives a (C, H) strip and over H a (C, W) strip; one shared 1-D conv and
+    GroupNorm turn each into a sigmoid gate; output ``x * a_h * a_w``. Variants (paper):
+    T: k 5, depthwise, GN 32; B: k 7, depthwise, GN 16; S: k 5, C/8 groups, GN 16;
+    L: k 7, C/8 groups, GN 16. When a group count does not divide ``C`` its gcd with ``C``
+    is used (e.g. 24 channels).
+    """
+
+    VARIANTS: ClassVar[dict[str, tuple[int, int, int]]] = {"t": (5, 1, 32), "b": (7, 1, 16), "s": (5, 8, 16), "l": (7, 8, 16)}
+
+    def __init__(self, channels: int, variant: str = "t", **dd) -> None:
+        super().__init__()
+        kernel, chans_per_group, gn_groups = self.VARIANTS[variant.lower()]
+        conv_groups = channels // _group_count(channels, chans_per_group)
+        self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=conv_groups,
+                              bias=False, **dd)
+        self.norm = nn.GroupNorm(_group_count(channels, gn_groups), channels, **dd)
+
+    def _gate(self, strip: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(strip)).sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a_h = self._gate(x.mean(3)).unsqueeze(3)  # (B, C, H, 1)
+        a_w = self._gate(x.mean(2)).unsqueeze(2)  # (B, C, 1, W)
+        return x * a_h * a_w
+
+
+class CoordAttention(nn.Module):
+    """Coordinate attention (Hou et al., CVPR 2021): direction-aware gates from strip pooling.
+
+    Pool over W and over H, concatenate the two strips, shared 1x1 Conv-BN-hardswish to
+    ``max(8, C / reduction)`` channels, split, and one 1x1 conv + sigmoid per direction.
+    """
+
+    def __init__(self, channels: int, reduction: float = 32, min_hidden: int = 8, **dd) -> None:
+        super().__init__()
+        hidden = max(min_hidden, int(channels // reduction))
+        self.reduce = ConvBN(channels, hidden, 1, **dd)
+        self.act = nn.Hardswish(inplace=True)
+        self.conv_h = nn.Conv2d(hidden, channels, 1, **dd)
+        self.conv_w = nn.Conv2d(hidden, channels, 1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[2]
+        strips = torch.cat([x.mean(3, keepdim=True), x.mean(2, keepdim=True).transpose(2, 3)], dim=2)
+        y = self.act(self.reduce(strips))  # (B, hidden, H + W, 1)
+        y_h, y_w = y[:, :, :h], y[:, :, h:]
+        return x * self.conv_h(y_h).sigmoid() * self.conv_w(y_w.transpose(2, 3)).sigmoid()
+
+
+#: Name -> constructor ``(channels, **kw)``; what :func:`create_attn` and the model names use.
+ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
+    "se": SqueezeExcite,
+    "cbam": CBAM,
+    "eca": ECA,
+    "triplet": TripletAttention,
+    "ela": partial(ELA, variant="t"),
+    "ela_t": partial(ELA, variant="t"),
+    "ela_b": partial(ELA, variant="b"),
+    "ela_s": partial(ELA, variant="s"),
+    "ela_l": partial(ELA, variant="l"),
+    "ca": CoordAttention,
+}
+
+
+def create_attn(name: str, channels: int, **kwargs) -> nn.Module:
+    """Build the attention module ``name`` for ``channels`` channels (see :data:`ATTENTIONS`)."""
+    key = name.lower()
+    if key not in ATTENTIONS:
+        close = difflib.get_close_matches(key, list(ATTENTIONS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown attention {name!r}{hint} (choose from {', '.join(ATTENTIONS)})")
+    return ATTENTIONS[key](channels, **kwargs)

@@ -1,0 +1,36 @@
+"""edgezoo: efficient vision backbones for edge and mobile targets.
+
+``import edgezoo`` registers every ``ez_*`` model with timm, so ``timm.create_model("ez_...")``
+works. The front door:
+
+* :func:`create_model`, :func:`list_models` - build / find models (unknown names get suggestions);
+* :func:`load_checkpoint` - timm, official and edgezoo checkpoints, safely;
+* :func:`fuse` - the deploy form (BatchNorm folded, branches collapsed, drop-path removed).
+"""
+
+from edgezoo._registry import FAMILIES, ModelSpec, create_model, get_spec, list_models
+from edgezoo.checkpoint import load_checkpoint, read_state_dict, save_atomic
+from edgezoo.errors import CheckpointError, ConfigError, EdgezooError, UnknownModelError
+from edgezoo.fuse import fuse
+
+# Model families: importing them registers their models.
+from edgezoo import cnn_attention  # noqa: F401  isort: skip
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "CheckpointError",
+    "ConfigError",
+    "EdgezooError",
+    "ModelSpec",
+    "UnknownModelError",
+    "__version__",
+    "create_model",
+    "fuse",
+    "get_spec",
+    "list_models",
+    "load_checkpoint",
+    "read_state_dict",
+    "save_atomic",
+]

@@ -1,0 +1,112 @@
+"""What edgezoo knows about each model, on top of timm's registry.
+
+Every edgezoo model is a timm model: a family module defines ``default_cfgs`` and decorates
+its entrypoints with :func:`register`, which registers them with timm (so
+``timm.create_model("ez_...")`` works after ``import edgezoo``) and records the family and
+the checkpoint key-remapping hook that :func:`edgezoo.load_checkpoint` applies.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+from edgezoo.errors import UnknownModelError
+from timm.models import register_model
+from torch import nn
+
+__all__ = [
+    "FAMILIES",
+    "ModelSpec",
+    "UnknownModelError",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "register",
+    "resolve_name",
+]
+
+StateDict = dict[str, Any]
+FilterFn = Callable[[StateDict, nn.Module], StateDict]
+
+#: The five block families, in the order the docs list them.
+FAMILIES: dict[str, str] = {
+    "cnn_attention": "channel/spatial CNN attention (SE, CBAM, ECA, Triplet, ELA, CA)",
+    "single_head_vit": "single-head ViT (SHViT)",
+    "cascaded_group": "cascaded group attention (EfficientViT-M)",
+    "focal_modulation": "focal modulation (FocalNet)",
+    "linear_vit": "linear-attention ViT (EfficientViT-B/L, FLatten, Agent, MALA)",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Registry entry of one edgezoo model."""
+
+    name: str
+    family: str
+    module: str
+    filter_fn: FilterFn | None = None
+
+
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register(family: str, filter_fn: FilterFn | None = None) -> Callable[[Callable], Callable]:
+    """Register a model entrypoint with timm and record its edgezoo metadata.
+
+    The entrypoint's module must define ``default_cfgs`` holding a cfg for the name, as timm
+    expects; ``filter_fn(state_dict, model)`` maps foreign checkpoint layouts to this model's.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
+
+    def decorator(fn: Callable) -> Callable:
+        name = fn.__name__
+        if not name.startswith("ez_"):
+            raise ValueError(f"edgezoo model names start with 'ez_', got {name!r}")
+        _SPECS[name] = ModelSpec(name=name, family=family, module=fn.__module__, filter_fn=filter_fn)
+        return register_model(fn)
+
+    return decorator
+
+
+def list_models(filter: str = "", family: str | None = None) -> list[str]:
+    """Names of registered edgezoo models, sorted; ``filter`` is a substring or a glob."""
+    import fnmatch
+
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    names = sorted(_SPECS)
+    if family:
+        names = [n for n in names if _SPECS[n].family == family]
+    if filter:
+        pattern = filter if any(c in filter for c in "*?[") else f"*{filter}*"
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def resolve_name(name: str) -> str:
+    """Return ``name`` if registered, else raise :class:`UnknownModelError` naming close matches."""
+    if name in _SPECS:
+        return name
+    if f"ez_{name}" in _SPECS:
+        return f"ez_{name}"
+    close = difflib.get_close_matches(name, list(_SPECS), n=5, cutoff=0.6)
+    if not close:
+        close = [n for n in _SPECS if name.lower().removeprefix("ez_") in n][:5]
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; run `edgezoo list` to see all models"
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a registered model (close names suggested when unknown)."""
+    return _SPECS[resolve_name(name)]
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` for edgezoo names, with a helpful error for unknown ones."""
+    return timm.create_model(resolve_name(name), pretrained=pretrained, **kwargs)
