@@ -157,7 +157,10 @@ class ELA(nn.Module):
     is used (e.g. 24 channels).
     """
 
-    VARIANTS: ClassVar[dict[str, tuple[int, int, int]]] = {"t": (5, 1, 32), "b": (7, 1, 16), "s": (5, 8, 16), "l": (7, 8, 16)}
+    #: variant -> (kernel, channels per conv group, GroupNorm groups)
+    VARIANTS: ClassVar[dict[str, tuple[int, int, int]]] = {
+        "t": (5, 1, 32), "b": (7, 1, 16), "s": (5, 8, 16), "l": (7, 8, 16),
+    }
 
     def __init__(self, channels: int, variant: str = "t", **dd) -> None:
         super().__init__()
