@@ -1,0 +1,29 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter and BatchNorm statistic a random value (in place).
+
+    Default inits zero some scales and biases (layer scale, zero-init last BN, attention
+    biases), which would let a wrong checkpoint mapping or a wrong fusion go unnoticed.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith(("gamma", "weight")) and p.ndim == 1
+                                                             else 0.0))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative max error ``max|a - b| / max|b|``."""
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
