@@ -25,9 +25,10 @@ from functools import partial
 from typing import ClassVar
 
 import torch
-from edgezoo.blocks.conv_bn import ConvBN
 from timm.layers import make_divisible
 from torch import nn
+
+from edgezoo.blocks.conv_bn import ConvBN
 
 __all__ = ["ATTENTIONS", "CBAM", "ECA", "ELA", "CoordAttention", "SqueezeExcite", "TripletAttention", "create_attn"]
 
@@ -79,9 +80,10 @@ class CBAM(nn.Module):
 
     Channel: one MLP shared by the average- and max-pooled descriptors, outputs summed, sigmoid.
     Spatial: a 7x7 conv (+BN) over the channel-max and channel-mean maps, sigmoid.
+    The MLP's hidden width is ``channels // reduction`` with biases, as in the official code.
     """
 
-    def __init__(self, channels: int, reduction: float = 16, spatial_kernel: int = 7, divisor: int = 8,
+    def __init__(self, channels: int, reduction: float = 16, spatial_kernel: int = 7, divisor: int = 1,
                  **dd) -> None:
         super().__init__()
         hidden = _reduced(channels, reduction, divisor)

@@ -12,11 +12,18 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
     Default inits zero some scales and biases (layer scale, zero-init last BN, attention
     biases), which would let a wrong checkpoint mapping or a wrong fusion go unnoticed.
+    Weights are scaled by ``1/sqrt(fan_in)`` so activations stay O(1) through deep models;
+    1-D scales are drawn around 1 and everything else (biases, tables, tokens) around 0.
     """
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith(("gamma", "weight")) and p.ndim == 1
-                                                             else 0.0))
+        noise = torch.randn(p.shape, generator=gen)
+        if p.ndim > 1:
+            p.copy_(noise / max(p[0].numel(), 1) ** 0.5)
+        elif name.endswith(("weight", "gamma", "scale")):
+            p.copy_(1.0 + 0.2 * noise)
+        else:
+            p.copy_(0.2 * noise)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)

@@ -15,6 +15,9 @@ from edgezoo.fuse import fuse
 
 # Model families: importing them registers their models.
 from edgezoo import cnn_attention  # noqa: F401  isort: skip
+from edgezoo import shvit, efficientvit_msra  # noqa: F401  isort: skip
+from edgezoo import efficientvit_mit  # noqa: F401  isort: skip
+from edgezoo import focalnet  # noqa: F401  isort: skip
 
 __version__ = "0.1.0"
 

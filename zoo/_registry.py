@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import timm
-from edgezoo.errors import UnknownModelError
 from timm.models import register_model
 from torch import nn
+
+from edgezoo.errors import InvalidArgumentError, UnknownModelError
 
 __all__ = [
     "FAMILIES",
@@ -79,7 +80,7 @@ def list_models(filter: str = "", family: str | None = None) -> list[str]:
     import fnmatch
 
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        raise InvalidArgumentError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
     names = sorted(_SPECS)
     if family:
         names = [n for n in names if _SPECS[n].family == family]

@@ -57,6 +57,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
+
     from edgezoo import FAMILIES, create_model, get_spec
     from edgezoo.profile import block_summary, count_macs, count_params
 
@@ -107,6 +108,7 @@ def _entry_doc(name: str) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     """List the zoo and run one model forward (the full pipeline joins as issues land)."""
     import torch
+
     from edgezoo import create_model, fuse
 
     cmd_list(argparse.Namespace(filter=args.filter, family=None, json=False))

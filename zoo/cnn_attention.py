@@ -20,17 +20,18 @@ from collections import OrderedDict
 from functools import partial
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import create_classifier, make_divisible
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import nn
+
 from edgezoo._base import StagedBackbone, feature_cfg
 from edgezoo._registry import register
 from edgezoo.blocks.cnn_attention import ATTENTIONS
 from edgezoo.blocks.conv_bn import fold_pair
 from edgezoo.blocks.mobilenet import DepthwiseSeparable, InvertedResidual
 from edgezoo.fuse import register_fuser
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier, make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-from torch import nn
 
 __all__ = ["ATTN_PAPERS", "MOBILENETV2_ATTN_POSITION", "MobileNetV2"]
 
@@ -223,9 +224,12 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             value = value[:, :, None, None]
         out[key] = value
     if any(".se.channel.fc1." in k for k in keys):
-        # timm pools the spatial map as [mean, max]; the CBAM paper and edgezoo as [max, mean].
+        # timm's CBAM pools the spatial map as [mean, max] (the paper and edgezoo: [max, mean])
+        # and its MLP has no biases (equivalent to zero biases here).
         for key in [k for k in out if k.endswith("spatial.conv.conv.weight")]:
             out[key] = out[key].flip(1)
+        for key in [k for k in out if re.search(r"\.se\.fc[12]\.weight$", k)]:
+            out.setdefault(key[: -len("weight")] + "bias", out[key].new_zeros(out[key].shape[0]))
     return out
 
 

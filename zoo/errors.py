@@ -6,7 +6,14 @@ exits with status 2, without a traceback.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "EdgezooError", "MissingDependencyError", "UnknownModelError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "EdgezooError",
+    "InvalidArgumentError",
+    "MissingDependencyError",
+    "UnknownModelError",
+]
 
 
 class EdgezooError(Exception):
@@ -18,6 +25,10 @@ class UnknownModelError(EdgezooError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class InvalidArgumentError(EdgezooError, ValueError):
+    """An argument outside its allowed values (the message lists them)."""
 
 
 class CheckpointError(EdgezooError, RuntimeError):

@@ -19,9 +19,10 @@ import copy
 import itertools
 from collections.abc import Callable
 
-from edgezoo.blocks.conv_bn import fold_pair
 from timm.layers import DropPath
 from torch import nn
+
+from edgezoo.blocks.conv_bn import fold_pair
 
 __all__ = ["fold_pair", "fuse", "register_fuser"]
 
@@ -68,4 +69,4 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     if type(model) in _FUSERS:
         _FUSERS[type(model)](model)
     _fuse_tree(model)
-    return model
+    return model.eval()  # layers created while fusing start in training mode
