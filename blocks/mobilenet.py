@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from edgezoo.blocks.conv_bn import fold_pair
 from torch import nn
+
+from edgezoo.blocks.conv_bn import fold_pair
 
 __all__ = ["DepthwiseSeparable", "InvertedResidual"]
 

@@ -89,7 +89,8 @@ def test_timm_interface(name: str) -> None:
     x = _input(chans=1)
     with torch.no_grad():
         pooled = model(x)
-        assert pooled.shape == (2, model.num_features)
+        # timm: pre-logits width is head_hidden_size where a head has a hidden layer
+        assert pooled.shape == (2, getattr(model, "head_hidden_size", None) or model.num_features)
         model.reset_classifier(7)
         assert model(x).shape == (2, 7)
         assert model.forward_head(model.forward_features(x), pre_logits=True).shape == pooled.shape
@@ -100,6 +101,11 @@ def test_timm_interface(name: str) -> None:
     first_conv = model.get_submodule(cfg["first_conv"])
     assert first_conv.in_channels == 1  # in_chans reached the stem
     assert isinstance(model.get_submodule(cfg["classifier"]), nn.Module)
+    if getattr(model, "head_hidden_size", None) not in (None, model.num_features):
+        # a head with a hidden MLP after pooling cannot be unpooled (as in timm): a clear error
+        with pytest.raises(edgezoo.EdgezooError, match="global_pool"):
+            timm.create_model(name, num_classes=0, global_pool="")
+        return
     unpooled = timm.create_model(name, num_classes=0, global_pool="").eval()
     with torch.no_grad():
         assert unpooled(_input()).ndim == 4

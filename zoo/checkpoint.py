@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from edgezoo._registry import _SPECS
 from edgezoo.errors import CheckpointError
-from torch import nn
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "save_atomic"]
 

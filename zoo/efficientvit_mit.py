@@ -29,7 +29,7 @@ from edgezoo._base import StagedBackbone, feature_cfg
 from edgezoo._registry import register
 from edgezoo.blocks.linear_attention import create_token_mixer, resolve_mixer
 from edgezoo.blocks.mbconv import ConvNormAct, DSConv, FusedMBConv, MBConv, ResBlock, Residual
-from edgezoo.errors import ConfigError
+from edgezoo.errors import ConfigError, InvalidArgumentError
 
 __all__ = ["ClassifierHead", "EfficientViT", "EfficientViTBlock", "StageCfg", "checkpoint_filter_fn"]
 
@@ -149,10 +149,10 @@ class ClassifierHead(nn.Module):
 
 def _pool(pool_type: str) -> SelectAdaptivePool2d:
     if not pool_type:
-        raise ValueError("EfficientViT's head needs a global pool: pass global_pool='avg' (or 'max', 'avgmax')")
+        raise InvalidArgumentError("EfficientViT's head needs a global pool: pass global_pool='avg', 'max' or 'avgmax'")
     pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
     if pool.feat_mult() != 1:
-        raise ValueError(f"global_pool={pool_type!r} changes the pooled width; use 'avg', 'max' or 'avgmax'")
+        raise InvalidArgumentError(f"global_pool={pool_type!r} changes the pooled width; use 'avg', 'max' or 'avgmax'")
     return pool
 
 

@@ -1,0 +1,418 @@
+"""The training loop: one recipe for every timm-style model, on one CPU or many GPUs.
+
+:func:`run` trains a resolved :class:`~edgezoo.train.config.TrainConfig` and returns the final
+metrics. It uses timm's maintained pieces (create_optimizer_v2, create_scheduler_v2,
+ModelEmaV3, Mixup, the cross-entropies, create_transform, the folder reader) and adds the
+engine around them: AMP (bf16/fp16), channels_last, gradient clipping and accumulation,
+torch.compile, DDP under ``torchrun``, per-epoch ``metrics.jsonl`` + curves PNG, atomic
+``last.pth``/``best.pth`` every epoch, exact ``--resume``, and a clean stop on a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from edgezoo.errors import ConfigError, EdgezooError
+from edgezoo.train.config import TrainConfig
+from edgezoo.train.distributed import DistContext, all_gather_objects, all_reduce_sum, setup, teardown
+
+__all__ = ["TrainingDivergedError", "create_train_model", "evaluate", "output_dir", "run"]
+
+
+class TrainingDivergedError(EdgezooError, RuntimeError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is intact."""
+
+
+def output_dir(cfg: TrainConfig) -> Path:
+    """``run.output``, or ``runs/<model>-<dataset>`` when empty."""
+    if cfg.run.output:
+        return Path(cfg.run.output).expanduser()
+    data = "digits" if cfg.data.path == "digits" else (Path(cfg.data.path).name or "data")
+    return Path("runs") / f"{cfg.model.name}-{data}"
+
+
+def create_train_model(cfg: TrainConfig, num_classes: int | None = None, meta: bool = False) -> nn.Module:
+    """The model named by ``model.name`` (edgezoo or timm) with the recipe's drop rates."""
+    import timm
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if cfg.model.drop_path is not None:
+        kwargs["drop_path_rate"] = cfg.model.drop_path
+    if cfg.model.drop_rate is not None:
+        kwargs["drop_rate"] = cfg.model.drop_rate
+    pretrained = cfg.model.pretrained and not meta
+    try:
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            return timm.create_model(cfg.model.name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        if "drop_path_rate" in str(err) or "drop_rate" in str(err):
+            raise ConfigError(f"{cfg.model.name} does not take a drop rate ({err}); set model.drop_path: null "
+                              f"and model.drop_rate: null") from err
+        raise
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _broadcast_state(ctx: DistContext, module: nn.Module, params: bool = False) -> None:
+    """Copy rank 0's buffers (and optionally parameters) to every process before evaluation."""
+    if not ctx.distributed:
+        return
+    tensors = list(module.buffers()) + (list(module.parameters()) if params else [])
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    ctx: DistContext,
+    num_classes: int,
+    amp: str = "none",
+    channels_last: bool = False,
+    confusion: bool = False,
+) -> dict[str, Any]:
+    """Loss, top-1/top-5 (%), and optionally the confusion matrix, summed exactly over processes."""
+    model.eval()
+    k = min(5, num_classes)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-k hits, count
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.float64) if confusion else None
+    for x, y in loader:
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(ctx.device, amp):
+            out = model(x)
+        out = (out[0] if isinstance(out, tuple | list) else out).float()
+        top = out.topk(k, dim=1).indices
+        hits = top.eq(y[:, None])
+        sums += torch.tensor([
+            nn.functional.cross_entropy(out, y, reduction="sum").item(),
+            hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), y.numel(),
+        ], dtype=torch.float64)
+        if matrix is not None:
+            matrix += torch.bincount((y * num_classes + top[:, 0]).cpu(), minlength=num_classes**2).double()
+    sums = all_reduce_sum(ctx, sums)
+    n = max(sums[3].item(), 1.0)
+    result: dict[str, Any] = {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n,
+                              "top5": 100 * sums[2].item() / n, "count": int(sums[3].item())}
+    if matrix is not None:
+        result["confusion"] = all_reduce_sum(ctx, matrix).view(num_classes, num_classes).long()
+    return result
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+class Trainer:
+    """Everything one run needs; :meth:`fit` trains to ``sched.epochs`` and returns the final metrics."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool = False) -> None:
+        from timm.data import Mixup
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        from edgezoo.train.data import build_data, resolve_data_cfg
+        from edgezoo.train.losses import build_criterion, build_teacher
+        from edgezoo.train.state import clean_stale_temp_files
+
+        self.cfg, self.ctx = cfg, ctx
+        self.out = output_dir(cfg)
+        self.last_path, self.best_path = self.out / "last.pth", self.out / "best.pth"
+        if not resume and self.last_path.exists():
+            raise ConfigError(f"{self.out} already holds a run (last.pth): pass --resume to continue it, or "
+                              f"--output DIR to start a new one")
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        _seed_all(cfg.run.seed + ctx.rank)
+
+        self.dcfg = resolve_data_cfg(cfg, create_train_model(cfg, meta=True))
+        self.data = build_data(cfg, self.dcfg, ctx.rank, ctx.world)  # bad data fails before OUTPUT exists
+        self.num_classes = self.data.num_classes
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            clean_stale_temp_files(self.out)
+
+        model = create_train_model(cfg, self.num_classes)
+        if cfg.model.checkpoint:
+            from edgezoo import load_checkpoint
+
+            info = load_checkpoint(model, cfg.model.checkpoint, strict=False)
+            if ctx.is_main and any(info.values()):
+                print(f"model.checkpoint: not loaded {sum(map(len, info.values()))} keys "
+                      f"(e.g. {(info['skipped'] + info['missing'])[:3]})", flush=True)
+        model.to(ctx.device)
+        if cfg.run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.raw = model
+        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enable else None
+        net = torch.compile(model) if cfg.run.compile else model
+        self.net = net
+        if ctx.distributed:
+            ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        self.train_net = net
+
+        aug = cfg.aug
+        self.mixup = None
+        if aug.mixup > 0 or aug.cutmix > 0:
+            if cfg.data.batch_size % 2:
+                raise ConfigError(f"mixup/cutmix need an even batch size, got {cfg.data.batch_size}")
+            self.mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
+                               switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode, label_smoothing=aug.smoothing,
+                               num_classes=self.num_classes)
+        teacher = build_teacher(cfg, self.num_classes, ctx.device)
+        if teacher is not None and cfg.run.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        self.criterion = build_criterion(cfg, teacher, self.mixup is not None)
+
+        o = cfg.optim
+        self.global_batch = cfg.data.batch_size * ctx.world * o.accum_steps
+        self.lr = o.lr if o.lr is not None else o.lr_base * self.global_batch / o.lr_base_size
+        extra = {k: v for k, v in (("betas", tuple(o.betas) if o.betas else None), ("eps", o.eps)) if v is not None}
+        try:
+            self.optimizer = create_optimizer_v2(model, opt=o.opt, lr=self.lr, weight_decay=o.weight_decay,
+                                                 momentum=o.momentum, layer_decay=o.layer_decay, **extra)
+        except (ValueError, AssertionError, KeyError, TypeError) as err:
+            raise ConfigError(f"optim.opt={o.opt!r} is not a timm optimizer, or takes other options ({err})") from err
+        self.updates_per_epoch = math.ceil(len(self.data.train) / o.accum_steps)
+        s = cfg.sched
+        try:
+            self.scheduler, self.epochs = create_scheduler_v2(
+                self.optimizer, sched=s.name, num_epochs=s.epochs, warmup_epochs=s.warmup_epochs,
+                warmup_lr=s.warmup_lr, min_lr=s.min_lr, cooldown_epochs=s.cooldown_epochs, step_on_epochs=False,
+                updates_per_epoch=self.updates_per_epoch,
+            )
+        except ValueError as err:
+            raise ConfigError(f"sched.name={s.name!r}: {err} Use cosine, step, multistep, tanh or poly") from err
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.run.amp == "fp16")
+
+        self.start_epoch, self.num_updates = 0, 0
+        self.best_top1, self.best_epoch = -1.0, 0
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+        elif ctx.is_main:
+            (self.out / "config.yaml").write_text(cfg.to_yaml())
+            (self.out / "metrics.jsonl").write_text("")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _state(self, rng: list[Any]) -> dict[str, Any]:
+        from edgezoo import __version__
+
+        state = {
+            "arch": self.cfg.model.name,
+            "model": self.raw.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": len(self.history),
+            "num_updates": self.num_updates,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": rng,
+            "config": self.cfg.to_dict(),
+            "num_classes": self.num_classes,
+            "classes": self.data.classes,
+            "img_size": self.dcfg["img_size"],
+            "world_size": self.ctx.world,
+            "edgezoo_version": __version__,
+        }
+        if self.ema is not None:
+            state["model_ema"] = self.ema.module.state_dict()
+        return state
+
+    def _resume(self) -> None:
+        from edgezoo.errors import CheckpointError
+        from edgezoo.train.report import write_metrics
+        from edgezoo.train.state import load_training_state, set_rng_state
+
+        state = load_training_state(self.last_path)
+        if state.get("arch") != self.cfg.model.name:
+            raise CheckpointError(f"--resume: {self.last_path} trains {state.get('arch')}, not {self.cfg.model.name}")
+        self.raw.load_state_dict(state["model"])
+        if self.ema is not None and "model_ema" in state:
+            self.ema.module.load_state_dict(state["model_ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
+        self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+        self.history = list(state["history"])
+        rngs = state.get("rng") or []
+        if len(rngs) == self.ctx.world:
+            set_rng_state(rngs[self.ctx.rank])
+        elif self.ctx.is_main:
+            print(f"resume: checkpoint from {len(rngs)} processes, now {self.ctx.world}: RNG streams restart",
+                  flush=True)
+        if self.ctx.is_main:
+            write_metrics(self.out / "metrics.jsonl", self.history)
+            print(f"resumed {self.last_path} at epoch {self.start_epoch}/{self.epochs}", flush=True)
+
+    def _save(self, improved: bool) -> None:
+        from edgezoo.train.state import get_rng_state, save_training_state
+
+        rng = all_gather_objects(self.ctx, get_rng_state())
+        if not self.ctx.is_main:
+            return
+        state = self._state(rng)
+        save_training_state(self.last_path, state)
+        if improved:
+            save_training_state(self.best_path, state)
+
+    # -- one epoch ------------------------------------------------------------------------------
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0], dtype=torch.float64)
+        if all_reduce_sum(self.ctx, bad).item() == 0:
+            return
+        kept = (f"the last good checkpoint {self.last_path} (epoch {len(self.history)}) is intact"
+                if self.history else "no checkpoint was written yet")
+        raise TrainingDivergedError(
+            f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped; {kept}. "
+            f"Lower optim.lr, set optim.clip_grad, or use run.amp=bf16 instead of fp16"
+        )
+
+    def train_one_epoch(self, epoch: int) -> float:
+        from tqdm import tqdm
+
+        cfg, ctx, loader = self.cfg, self.ctx, self.data.train
+        self.train_net.train()
+        loader.sampler.set_epoch(epoch)
+        accum = cfg.optim.accum_steps
+        steps = len(loader)
+        loss_sum, seen = torch.zeros((), dtype=torch.float64), 0
+        bar = tqdm(total=steps * cfg.data.batch_size * ctx.world, unit="img", unit_scale=True, leave=False,
+                   desc=f"epoch {epoch + 1}/{self.epochs}", disable=None if cfg.run.progress and ctx.is_main else True)
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            if cfg.run.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            update = (step + 1) % accum == 0 or step + 1 == steps
+            sync = contextlib.nullcontext()
+            if ctx.distributed and not update:
+                sync = self.train_net.no_sync()
+            with sync:
+                with _autocast(ctx.device, cfg.run.amp):
+                    loss = self.criterion(x, self.train_net(x), y)
+                self._check_finite(loss, epoch, step)
+                self.scaler.scale(loss / accum).backward()
+            if update:
+                self._step()
+            loss_sum += loss.detach().double().cpu() * x.size(0)
+            seen += x.size(0)
+            bar.update(x.size(0) * ctx.world)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self._lr():.2e}", refresh=False)
+        bar.close()
+        totals = all_reduce_sum(ctx, torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64)]))
+        return (totals[0] / totals[1].clamp_min(1)).item()
+
+    def _step(self) -> None:
+        from timm.utils import dispatch_clip_grad
+
+        o = self.cfg.optim
+        if o.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.raw.parameters(), o.clip_grad, mode=o.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        self.scheduler.step_update(num_updates=self.num_updates)
+        if self.ema is not None:
+            self.ema.update(self.raw, step=self.num_updates)
+
+    def _lr(self) -> float:
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        _broadcast_state(self.ctx, self.raw)
+        val = evaluate(self.net, self.data.val, self.ctx, self.num_classes, cfg.run.amp, cfg.run.channels_last)
+        row = {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
+        if self.ema is not None:
+            _broadcast_state(self.ctx, self.ema.module, params=True)
+            ev = evaluate(self.ema.module, self.data.val, self.ctx, self.num_classes, cfg.run.amp,
+                          cfg.run.channels_last)
+            row.update(ema_val_loss=ev["loss"], ema_val_top1=ev["top1"], ema_val_top5=ev["top5"])
+        return row
+
+    def fit(self) -> dict[str, Any]:
+        from edgezoo.train.report import append_metrics, plot_curves
+
+        ctx = self.ctx
+        if ctx.is_main:
+            where = f"{ctx.world} processes on {ctx.device.type}" if ctx.distributed else str(ctx.device)
+            print(f"training {self.cfg.model.name} on {self.cfg.data.path} ({len(self.data.train.dataset)} train / "
+                  f"{len(self.data.val.dataset)} val images, {self.num_classes} classes, {self.dcfg['img_size']}px) "
+                  f"for {self.epochs} epochs: {where}, global batch {self.global_batch}, lr {self.lr:.3g}; "
+                  f"output {self.out}", flush=True)
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            train_loss = self.train_one_epoch(epoch)
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+            row.update(self.validate())
+            row["lr"] = self._lr()
+            row["epoch_time"] = time.perf_counter() - t0
+            score = max(row["val_top1"], row.get("ema_val_top1", -1.0))
+            improved = score > self.best_top1
+            if improved:
+                self.best_top1, self.best_epoch = score, epoch + 1
+            self.history.append(row)
+            self._save(improved)
+            if ctx.is_main:
+                append_metrics(self.out / "metrics.jsonl", row)
+                plot_curves(self.out / "curves.png", self.history, title=f"{self.cfg.model.name} on "
+                            f"{self.cfg.data.path}")
+                ema = f"  ema top-1 {row['ema_val_top1']:6.2f}" if "ema_val_top1" in row else ""
+                print(f"epoch {epoch + 1:3d}/{self.epochs}  train loss {train_loss:.4f}  val loss {row['val_loss']:.4f}"
+                      f"  top-1 {row['val_top1']:6.2f}  top-5 {row['val_top5']:6.2f}{ema}  lr {row['lr']:.2e}  "
+                      f"{row['epoch_time']:.1f}s", flush=True)
+        final = dict(self.history[-1]) if self.history else {}
+        final.update(best_top1=self.best_top1, best_epoch=self.best_epoch, output=str(self.out),
+                     checkpoint=str(self.best_path))
+        if ctx.is_main:
+            print(f"done: best top-1 {self.best_top1:.2f} at epoch {self.best_epoch}; checkpoints in {self.out}",
+                  flush=True)
+        return final
+
+
+def run(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (see :func:`edgezoo.train.resolve_config`); return the final epoch's metrics.
+
+    The result holds ``epoch``, ``train_loss``, ``val_loss``, ``val_top1``, ``val_top5``, ``lr``,
+    ``epoch_time`` (and ``ema_val_*`` with EMA), plus ``best_top1``, ``best_epoch``, ``output``
+    and ``checkpoint``. Under ``torchrun`` every process calls it and joins the process group.
+    """
+    ctx = setup(cfg.run.device)
+    try:
+        return Trainer(cfg, ctx, resume=resume).fit()
+    finally:
+        teardown(ctx)
