@@ -26,11 +26,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from edgezoo._base import feature_cfg
+from edgezoo._levit import LevitStage, LevitStyleNet, drop_path_rates, levit_state_dict
 from edgezoo._registry import register
 from edgezoo.blocks.cascaded import CascadedGroupAttention
 from edgezoo.blocks.levit_common import SandwichBlock, StageDownsample, Stem16
 from edgezoo.errors import ConfigError
-from edgezoo.shvit import LevitStage, LevitStyleNet, drop_path_rates, levit_state_dict
 
 __all__ = ["EfficientViTM"]
 
