@@ -28,8 +28,10 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# onnxruntime CPU latency of edgezoo's deploy form against timm's same model, one per family
 bench: $(STAMP)
-	$(BIN)/edgezoo bench --out bench.json
+	$(BIN)/python scripts/speed_vs_timm.py efficientvit_m0 shvit_s1 focalnet_tiny_srf efficientvit_b1 \
+		--runs 200 --json bench.json
 
 table: $(STAMP)
 	$(BIN)/python scripts/model_table.py --write README.md
