@@ -128,19 +128,19 @@ class CascadedGroupAttention(nn.Module):
         ws = self.window_size
         bias = self.attention_bias()
         heads = self._heads_fused if self.fused else self._heads_train
-        if ws == H and ws == W:
+        if ws == H and ws == W and not torch.compiler.is_exporting():
             y = heads(x, bias)
         else:
+            # Branch-free windowing (zero padding is a no-op), so an export with symbolic height and
+            # width stays valid for every size; one window of the whole map equals the direct path.
             pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
-            if pad_b or pad_r:
-                x = F.pad(x, (0, pad_r, 0, pad_b))
+            x = F.pad(x, (0, pad_r, 0, pad_b))
             nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
             x = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
             y = heads(x, bias)
             cv = y.shape[1]
             y = y.view(B, nh, nw, cv, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, cv, nh * ws, nw * ws)
-            if pad_b or pad_r:
-                y = y[:, :, :H, :W]
+            y = y[:, :, :H, :W]
         return self.proj(self.act(y))
 
     # --- deploy form ---------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""ONNX: torch's dynamo exporter, onnxslim, fp16 with the fp32 policy, int8 QDQ; gated in onnxruntime CPU.
+
+* fp32: ``torch.onnx.export(..., dynamo=True)`` at the chosen opset (18 by default); if the dynamo
+  exporter fails, the TorchScript exporter runs instead and the result says so. Dynamic batch,
+  and dynamic height/width when the model's graph allows (tried first, else batch only, with a
+  warning). Simplified with onnxslim, checked with ``onnx.checker`` (full check).
+* fp16: onnxruntime's float16 converter with fp32 inputs/outputs and the nodes of
+  :mod:`edgezoo.export.fp32_policy` kept fp32 (Cast nodes at their borders).
+* int8: :mod:`edgezoo.export.quantize` (onnxruntime static QDQ quantisation).
+
+Metadata: the model's ``metadata_props`` (one string per key, lists JSON-encoded), plus
+``edgezoo.fp32_nodes`` for backends that pin layer precision (TensorRT).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgezoo.export.base import ExportJob, Format, Option, register_format
+
+__all__ = ["DEFAULT_OPSET", "OnnxFormat", "build_onnx", "export_graph", "ort_session"]
+
+DEFAULT_OPSET = 18
+
+
+def _dynamic_shapes(hw: bool) -> tuple[dict[int, str], ...]:
+    return ({0: "batch", 2: "height", 3: "width"},) if hw else ({0: "batch"},)
+
+
+def _is_dynamic(proto: Any, axis: int) -> bool:
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[axis]
+    return bool(dim.dim_param) or not dim.HasField("dim_value")
+
+
+def _runs_at_other_size(proto: Any, job: ExportJob) -> bool:
+    """Whether a graph exported with symbolic height/width computes PyTorch's result at another size
+    (a shape the exporter specialised would fail or differ here, not in the user's hands)."""
+    if not (_is_dynamic(proto, 2) and _is_dynamic(proto, 3)):
+        return False
+    _, h, w = job.input_size
+    x = job.example_input(batch=1, size=(h + 32, w + 64))
+    try:
+        out = ort_session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
+    except Exception:  # onnxruntime raises its own Fail/RuntimeException types
+        return False
+    with torch.no_grad():
+        ref = job.model(x).numpy()
+    return bool(np.abs(out - ref).max() <= 1e-3 * max(np.abs(ref).max(), 1e-6))
+
+
+def _dynamo(model: torch.nn.Module, x: torch.Tensor, opset: int, dynamic_shapes: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), input_names=["input"], output_names=["logits"], dynamo=True,
+                                    opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False,
+                                    optimize=True)
+    return program.model_proto
+
+
+def _torchscript(model: torch.nn.Module, x: torch.Tensor, opset: int, dynamic: bool, path: Path) -> Any:
+    import onnx
+
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], dynamo=False,
+                          opset_version=opset, dynamic_axes=axes)
+    return onnx.load(str(path))
+
+
+def export_graph(job: ExportJob, path: Path) -> Any:
+    """Export ``job.model`` to an fp32 ONNX ``ModelProto`` (not yet simplified) and record in
+    ``job.notes`` the exporter used, whether height/width are dynamic and the fp32-policy nodes."""
+    from edgezoo.export.fp32_policy import fp32_nodes
+
+    opset = int(job.options.get("opset") or DEFAULT_OPSET)
+    x = job.example_input()
+    proto, exporter = None, "dynamo"
+    attempts = [True, False] if job.dynamic else [None]
+    errors = []
+    for hw in attempts:
+        try:
+            proto = _dynamo(job.model, x, opset, _dynamic_shapes(hw) if hw is not None else None)
+            if hw and not _runs_at_other_size(proto, job):
+                proto = None
+                errors.append("the graph does not run at another height/width")
+                continue
+            job.notes["dynamic_hw"] = bool(hw)
+            break
+        except Exception as err:  # torch.export raises many kinds for unsupported dynamism
+            errors.append(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}")
+    if job.dynamic and not job.notes.get("dynamic_hw") and proto is not None:
+        job.warn(f"height/width exported static ({errors[0]}); batch is dynamic")
+    if proto is None:
+        job.warn(f"dynamo exporter failed ({errors[-1]}); fell back to the TorchScript exporter")
+        proto, exporter = _torchscript(job.model, x, opset, job.dynamic, path), "torchscript"
+        job.notes["dynamic_hw"] = False
+    job.notes["exporter"] = exporter
+    job.notes["opset"] = opset
+    job.notes["fp32_nodes"] = fp32_nodes(proto, job.model) if exporter == "dynamo" else []
+    return proto
+
+
+def _slim(proto: Any) -> Any:
+    import onnxslim
+
+    return onnxslim.slim(proto)
+
+
+def _to_fp16(proto: Any, keep_fp32: list[str]) -> Any:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep_fp32, disable_shape_infer=False)
+
+
+def _stamp(proto: Any, job: ExportJob) -> None:
+    import onnx
+
+    meta = job.metadata_strings()
+    meta["edgezoo.fp32_nodes"] = json.dumps(job.notes.get("fp32_nodes", []))
+    onnx.helper.set_model_props(proto, meta)
+    proto.doc_string = f"{job.name} exported by edgezoo {job.metadata['edgezoo_version']}"
+    proto.producer_name = "edgezoo"
+
+
+def _save_checked(proto: Any, path: Path) -> Path:
+    import onnx
+
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def build_onnx(job: ExportJob, path: Path, precision: str | None = None) -> Path:
+    """Write the simplified, stamped and checked ONNX file of ``job`` at ``path`` in ``precision``
+    (default ``job.precision``): fp32, fp16 (fp32 policy kept) or int8 QDQ. TensorRT builds from it."""
+    precision = precision or job.precision
+    raw = path.with_name(f".{path.stem}.raw.onnx")
+    proto = export_graph(job, raw)
+    if precision == "fp16":
+        proto = _to_fp16(proto, job.notes["fp32_nodes"])
+    proto = _slim(proto)
+    _stamp(proto, job)
+    if precision == "int8":
+        from edgezoo.export.quantize import quantize_qdq
+
+        proto = quantize_qdq(_save_checked(proto, raw), job)
+        _stamp(proto, job)
+    raw.unlink(missing_ok=True)
+    return _save_checked(proto, path)
+
+
+_SESSIONS: dict[str, Any] = {}
+
+
+def ort_session(path: Path | str | bytes, threads: int = 0, providers: list[str] | None = None) -> Any:
+    """An onnxruntime CPU session (``threads`` 0: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=providers or ["CPUExecutionProvider"])
+
+
+@register_format
+class OnnxFormat(Format):
+    name = "onnx"
+    suffix = ".onnx"
+    extra = "export"
+    modules = ("onnx", "onnxruntime", "onnxscript", "onnxslim")
+    precisions = ("fp32", "fp16", "int8")
+    supports_dynamic = True
+    options = {"opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(17, 24)), type=int)}
+    parity = "onnxruntime CPU against PyTorch"
+    description = "ONNX (dynamo exporter, onnxslim), fp32 / fp16 / int8 QDQ"
+
+    def convert(self, job: ExportJob) -> Path:
+        return build_onnx(job, job.work_dir / f"{job.stem}{self.suffix}")
+
+    def run(self, path: Path, inputs: np.ndarray, job: ExportJob) -> np.ndarray:
+        key = str(path)
+        if key not in _SESSIONS:
+            _SESSIONS.clear()
+            _SESSIONS[key] = ort_session(path)
+        return _SESSIONS[key].run(None, {"input": inputs.astype(np.float32)})[0]

@@ -1,0 +1,147 @@
+"""What to export: a registered name, an ``nn.Module`` or a checkpoint, resolved to one :class:`Source`.
+
+* a registered edgezoo (or timm) name builds the model with random weights, for structure and
+  speed work;
+* an ``nn.Module`` is taken as it is (its ``pretrained_cfg`` gives the input size and mean/std);
+* a checkpoint path (``edgezoo train``'s ``last.pth``/``best.pth``, or any layout
+  :func:`edgezoo.load_checkpoint` reads) builds the model it records (``arch``), with its number
+  of classes, class names, input size and normalisation; other checkpoints need ``model=``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgezoo.errors import CheckpointError, InvalidArgumentError
+
+__all__ = ["Source", "resolve_source"]
+
+_CKPT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass
+class Source:
+    """A model ready to export and what the exporters need to know about it."""
+
+    model: nn.Module
+    name: str
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+    num_classes: int
+    classes: list[str] | None
+    origin: str  # "random weights", "nn.Module", or the checkpoint path
+    trained: bool  # weights come from a checkpoint or the caller (not a fresh random init)
+
+
+def _cfg(model: nn.Module) -> dict[str, Any]:
+    return dict(getattr(model, "pretrained_cfg", None) or {})
+
+
+def _from_model(model: nn.Module, name: str | None, img_size: int | None, origin: str, trained: bool,
+                data: dict[str, Any] | None = None, classes: list[str] | None = None) -> Source:
+    cfg, data = _cfg(model), data or {}
+    c, h, w = tuple(cfg.get("input_size", (3, 224, 224)))
+    if img_size:
+        h = w = int(img_size)
+    num_classes = int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 0)
+    return Source(
+        model=model,
+        name=name or cfg.get("architecture") or type(model).__name__,
+        input_size=(int(getattr(model, "in_chans", c) or c), int(h), int(w)),
+        mean=tuple(data.get("mean") or cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(data.get("std") or cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=data.get("interpolation") or cfg.get("interpolation", "bilinear"),
+        crop_pct=float(data.get("crop_pct") or cfg.get("crop_pct", 0.875)),
+        num_classes=num_classes,
+        classes=classes,
+        origin=origin,
+        trained=trained,
+    )
+
+
+def _looks_like_path(obj: Any) -> bool:
+    if isinstance(obj, os.PathLike):
+        return True
+    return isinstance(obj, str) and (obj.endswith(_CKPT_SUFFIXES) or os.sep in obj or Path(obj).is_file())
+
+
+def _read_training_meta(path: Path) -> dict[str, Any]:
+    """``arch``, ``num_classes``, ``classes``, ``img_size`` and the data config an edgezoo checkpoint records."""
+    if path.suffix == ".safetensors":
+        return {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # load_checkpoint reports an unreadable file with a clear message
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    meta = {k: obj[k] for k in ("arch", "num_classes", "classes", "img_size") if k in obj}
+    config = obj.get("config")
+    if isinstance(config, dict) and isinstance(config.get("data"), dict):
+        meta["data"] = config["data"]
+    return meta
+
+
+def _from_checkpoint(path: Path, model_name: str | None, img_size: int | None, use_ema: bool) -> Source:
+    from edgezoo import create_model, load_checkpoint
+    from edgezoo.checkpoint import read_state_dict
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    meta = _read_training_meta(path)
+    name = model_name or meta.get("arch")
+    if not name:
+        raise InvalidArgumentError(f"{path} does not record which model it holds: pass model=NAME (--model NAME)")
+    kwargs: dict[str, Any] = {}
+    num_classes = meta.get("num_classes")
+    if num_classes is None:  # a foreign checkpoint: take the class count from its classifier
+        with torch.device("meta"):
+            probe = create_model(name)
+        head = probe.pretrained_cfg.get("classifier", "head")
+        state = read_state_dict(path, use_ema=use_ema)
+        weight = state.get(f"{head}.weight")
+        num_classes = int(weight.shape[0]) if weight is not None else None
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    model = create_model(name, **kwargs)
+    load_checkpoint(model, path, strict=True, use_ema=use_ema)  # raises a one-line CheckpointError listing keys
+    model.eval()
+    which = f"{path} (EMA)" if use_ema else str(path)
+    return _from_model(model, model.pretrained_cfg.get("architecture") or name, img_size or meta.get("img_size"),
+                       which, True, meta.get("data"), meta.get("classes"))
+
+
+def resolve_source(obj: str | os.PathLike | nn.Module, model: str | None = None, img_size: int | None = None,
+                   use_ema: bool = False, classes: list[str] | None = None) -> Source:
+    """Resolve what :func:`edgezoo.export.export` was given (see the module docstring)."""
+    if isinstance(obj, nn.Module):
+        return _from_model(obj, model, img_size, "nn.Module", True, classes=classes)
+    if _looks_like_path(obj):
+        src = _from_checkpoint(Path(obj).expanduser(), model, img_size, use_ema)
+        src.classes = classes or src.classes
+        return src
+    if not isinstance(obj, str):
+        raise InvalidArgumentError(f"cannot export a {type(obj).__name__}: pass a model name, an nn.Module or "
+                                   f"a checkpoint path")
+    import timm
+
+    from edgezoo import create_model
+    from edgezoo._registry import resolve_name
+    from edgezoo.errors import UnknownModelError
+
+    try:
+        net = create_model(resolve_name(obj))
+    except UnknownModelError:
+        if not timm.is_model(obj):
+            raise
+        net = timm.create_model(obj)
+    return _from_model(net.eval(), None, img_size, "random weights", False, classes=classes)
