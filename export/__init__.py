@@ -14,7 +14,7 @@ from edgezoo.export.base import PRECISIONS, ExportJob, Format, NotRunnable, Opti
     register_format
 
 # Formats: importing them registers them (their heavy imports happen inside their methods).
-from edgezoo.export import onnx  # noqa: F401  isort: skip
+from edgezoo.export import onnx, tensorrt  # noqa: F401  isort: skip
 
 __all__ = [
     "PRECISIONS",

@@ -80,7 +80,8 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     from edgezoo.export.fp32_policy import fp32_nodes
 
     opset = int(job.options.get("opset") or DEFAULT_OPSET)
-    x = job.example_input()
+    # torch.export specialises a dimension whose example size is 0 or 1: trace a dynamic batch at 2
+    x = job.example_input(batch=max(job.batch, 2) if job.dynamic else job.batch)
     proto, exporter = None, "dynamo"
     attempts = [True, False] if job.dynamic else [None]
     errors = []

@@ -1,0 +1,185 @@
+"""ExecuTorch: ``torch.export`` lowered to the XNNPACK delegate, a ``.pte`` gated in the ExecuTorch runtime.
+
+* fp32: ``torch.export.export`` at the static export shape, then
+  ``executorch.exir.to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` and
+  ``to_executorch()``.
+* int8: the PT2E flow with ExecuTorch's ``XNNPACKQuantizer`` (symmetric, per-channel int8
+  weights, per-tensor int8 activations): ``torch.export`` to an ATen graph module,
+  ``prepare_pt2e``, calibration on ``job.calibration.calib`` in batches of the static export
+  batch, ``convert_pt2e``, ``torch.export`` again and the same lowering. Ops the quantizer does
+  not annotate (softmax, LayerNorm, the linear-attention normalisers...) stay float, which is the
+  precision policy of :mod:`edgezoo.export.fp32_policy` by construction; XNNPACK runs them in fp32.
+
+Parity runs the ``forward`` method in ``executorch.runtime`` (the pybindings the ``executorch``
+wheel ships, XNNPACK included), so an ExecuTorch export is ``verified`` on Linux and macOS.
+
+Metadata: every key of the metadata is a *constant method* of the program (ExecuTorch's slot for
+configuration values; strings are supported), named ``edgezoo_<key>`` and returning the value as a
+string (lists JSON-encoded), plus ``edgezoo_metadata`` returning the whole metadata as one JSON
+string. :func:`read_metadata` reads it back: ``Program.load_method("edgezoo_metadata").execute([])``.
+
+``job.notes`` records the ops XNNPACK took (``delegated_ops``), those left to ExecuTorch's
+portable kernels (``non_delegated_ops``, by op) and, for int8, the number of quantised tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgezoo.export.base import ExportJob, Format, NotRunnable, register_format
+
+__all__ = ["METADATA_METHOD", "ExecutorchFormat", "build_pte", "read_metadata"]
+
+#: The constant method that returns the whole metadata as a JSON string.
+METADATA_METHOD = "edgezoo_metadata"
+
+
+def _constant_methods(job: ExportJob) -> dict[str, str]:
+    """The metadata as ExecuTorch constant methods (method name -> string value)."""
+    methods = {f"edgezoo_{k}": v for k, v in job.metadata_strings().items()}
+    methods[METADATA_METHOD] = json.dumps(job.metadata, default=str)
+    return methods
+
+
+def _quantize(job: ExportJob, x: torch.Tensor) -> torch.nn.Module:
+    """PT2E int8: annotate with the XNNPACK quantizer, calibrate on ``job.calibration``, convert."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if job.calibration is None:
+        raise ValueError("int8 export needs calibration data")
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    graph = torch.export.export(job.model, (x,)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    images = job.calibration.calib
+    batches = [images[i:i + job.batch] for i in range(0, len(images) - job.batch + 1, job.batch)]
+    if not batches:
+        raise ValueError(f"int8 export needs at least {job.batch} calibration images (the static batch)")
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch.float())
+    converted = convert_pt2e(prepared)
+    quant = {"quantize_per_tensor", "quantize_per_channel"}
+    job.notes["quantized_tensors"] = sum(
+        1 for n in converted.graph.nodes
+        if n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0] in quant
+    )
+    job.notes["calibration_batches"] = len(batches)
+    return converted
+
+
+def _delegation(edge: Any, job: ExportJob) -> None:
+    """Record in ``job.notes`` how much of the graph XNNPACK took."""
+    graph = edge.exported_program().graph_module
+    delegates = sum(1 for n in graph.graph.nodes
+                    if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
+    left: Counter[str] = Counter()
+    for n in graph.graph.nodes:
+        if n.op != "call_function":
+            continue
+        target = str(getattr(n.target, "__name__", n.target))
+        if "executorch_call_delegate" in target or target == "getitem":
+            continue
+        left[target] += 1
+    job.notes["delegates"] = delegates
+    try:
+        from executorch.devtools.backend_debug import get_delegation_info
+
+        info = get_delegation_info(graph)
+        job.notes["delegated_ops"] = int(info.num_delegated_nodes)
+        job.notes["non_delegated_ops"] = int(info.num_non_delegated_nodes)
+    except Exception:  # the devtools helper is optional; the counts below still hold
+        pass
+    job.notes["non_delegated"] = dict(sorted(left.items()))
+    if left:
+        job.warn(f"{sum(left.values())} op(s) not delegated to XNNPACK (portable kernels): "
+                 f"{', '.join(sorted(left))}")
+
+
+def build_pte(job: ExportJob, path: Path) -> Path:
+    """Export, (int8: quantise,) lower to XNNPACK and write the ``.pte`` of ``job`` at ``path``."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    x = job.example_input()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model: torch.nn.Module = job.model
+        if job.precision == "int8":
+            job.log(f"{job.name}: PT2E int8 calibration ({len(job.calibration.calib)} images)"
+                    if job.calibration is not None else f"{job.name}: PT2E int8")
+            model = _quantize(job, x)
+        program = torch.export.export(model, (x,))
+        job.notes["export_s"] = round(time.perf_counter() - start, 2)
+        job.log(f"{job.name}: lowering to XNNPACK")
+        start = time.perf_counter()
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=_constant_methods(job))
+        job.notes["lower_s"] = round(time.perf_counter() - start, 2)
+        _delegation(edge, job)
+        start = time.perf_counter()
+        buffer = edge.to_executorch().buffer
+        job.notes["to_executorch_s"] = round(time.perf_counter() - start, 2)
+    path.write_bytes(buffer)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata embedded in a ``.pte`` written by :class:`ExecutorchFormat` (``{}`` if it has none)."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(Path(path))
+    if METADATA_METHOD not in program.method_names:
+        return {}
+    return json.loads(program.load_method(METADATA_METHOD).execute([])[0])
+
+
+_METHODS: dict[str, Any] = {}
+
+
+def _runtime() -> Any:
+    try:
+        from executorch.runtime import Runtime
+
+        return Runtime.get()
+    except Exception as err:  # ImportError, or the pybindings failing to load
+        raise NotRunnable(f"the ExecuTorch runtime cannot be loaded here ({type(err).__name__}: {err})") from err
+
+
+@register_format
+class ExecutorchFormat(Format):
+    name = "executorch"
+    suffix = ".pte"
+    extra = "executorch"
+    modules = ("executorch",)
+    precisions = ("fp32", "int8")
+    supports_dynamic = False
+    parity = "ExecuTorch runtime (XNNPACK) against PyTorch"
+    description = "ExecuTorch .pte lowered to XNNPACK, fp32 / int8 (PT2E, XNNPACK quantizer)"
+
+    def convert(self, job: ExportJob) -> Path:
+        return build_pte(job, job.work_dir / f"{job.stem}{self.suffix}")
+
+    def run(self, path: Path, inputs: np.ndarray, job: ExportJob) -> np.ndarray:
+        key = f"{path}:{Path(path).stat().st_mtime_ns}"
+        if key not in _METHODS:
+            runtime = _runtime()
+            _METHODS.clear()
+            program = runtime.load_program(Path(path))
+            _METHODS[key] = (program, program.load_method("forward"))  # the program must outlive its method
+        _, method = _METHODS[key]
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        out = method.execute([x])[0]
+        return out.detach().float().numpy().copy()

@@ -1,0 +1,134 @@
+"""ONNX export: every model behind the fp32 gate, dynamic shapes, metadata, fp16 policy, int8 on trained models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+
+import edgezoo
+from edgezoo.export import export
+from edgezoo.export.onnx import ort_session
+from tests.test_models import MODELS
+from tests.util import calibrate_bn_
+
+SIZE = 64
+
+
+def _model(name: str, size: int = SIZE) -> torch.nn.Module:
+    return calibrate_bn_(timm.create_model(name), size)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_passes_the_fp32_gate_with_a_dynamic_batch(name: str, tmp_path) -> None:
+    """Random weights with calibrated BatchNorm statistics (random-init logits would hide a wrong
+    graph); the gate runs a batch size other than the one traced."""
+    res = export(_model(name), "onnx", tmp_path, img_size=SIZE, dynamic=True)
+    assert res.status == "verified", res.summary()
+    assert res.parity["max_rel_err"] <= 1e-4 and res.parity["top1_flips"] == 0
+    proto = onnx.load(res.path)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    out = ort_session(res.path).run(None, {"input": x.numpy()})[0]
+    edgezoo_model = edgezoo.fuse(_model(name))
+    with torch.no_grad():
+        ref = edgezoo_model(x).numpy()
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("name", ["ez_efficientvit_m0", "ez_shvit_s1", "ez_focalnet_edge_xs", "ez_efficientvit_b0"])
+def test_dynamic_height_and_width(name: str, tmp_path) -> None:
+    """The ViT families export symbolic height/width; the file runs at sizes it was not traced at."""
+    res = export(_model(name, 224), "onnx", tmp_path, dynamic=True)
+    assert res.status == "verified" and res.notes["dynamic_hw"], res.summary() + str(res.warnings)
+    sess = ort_session(res.path)
+    model = edgezoo.fuse(_model(name, 224))
+    for h, w in [(160, 256), (288, 192)]:
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        assert np.abs(sess.run(None, {"input": x.numpy()})[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_static_batch_metadata_and_sidecar(tmp_path) -> None:
+    res = export(_model("ez_mobilenetv2_eca"), "onnx", tmp_path, img_size=SIZE, batch=4, opset=17)
+    assert res.status == "verified"
+    proto = onnx.load(res.path)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [4, 3, SIZE, SIZE]
+    assert any(o.domain in ("", "ai.onnx") and o.version == 17 for o in proto.opset_import)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["model"] == "ez_mobilenetv2_eca"
+    assert json.loads(meta["input_size"]) == [3, SIZE, SIZE]
+    assert json.loads(meta["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["edgezoo_version"] == edgezoo.__version__
+    sidecar = json.loads((tmp_path / "ez_mobilenetv2_eca.onnx.json").read_text())
+    assert sidecar["model"] == "ez_mobilenetv2_eca" and sidecar["export"]["status"] == "verified"
+    assert sidecar["export"]["parity"]["max_rel_err"] == res.parity["max_rel_err"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_fp16_keeps_the_policy_ops_in_fp32(tmp_path) -> None:
+    """--half: weights fp16, but the linear-attention normaliser and LayerNorm compute in fp32."""
+    res = export(_model("ez_efficientvit_b0"), "onnx", tmp_path, img_size=SIZE, half=True)
+    assert res.status == "verified", res.summary()
+    assert res.parity["max_rel_err"] <= 2e-2
+    proto = onnx.load(res.path)
+    keep = set(json.loads({p.key: p.value for p in proto.metadata_props}["edgezoo.fp32_nodes"]))
+    kinds = {n.name: n.op_type for n in proto.graph.node if n.name in keep}
+    assert {"Div", "ReduceSum", "MatMul", "LayerNormalization"} <= set(kinds.values())
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    divs = [n for n in inferred.graph.node if n.name in keep and n.op_type == "Div"]
+    assert divs and all(types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in divs)
+    convs = [n for n in inferred.graph.node if n.op_type == "Conv"]
+    inits = {i.name: i.data_type for i in inferred.graph.initializer}
+    assert all(inits.get(c.input[1]) == onnx.TensorProto.FLOAT16 for c in convs)
+    assert res.size_bytes < 0.6 * (export(_model("ez_efficientvit_b0"), "onnx", tmp_path / "fp32",
+                                          img_size=SIZE).size_bytes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, str]:
+    """One CNN-attention and one ViT model trained briefly on digits (real images, real margins)."""
+    from edgezoo.train import train_digits
+
+    out = {}
+    for name, epochs in (("ez_mobilenetv2_eca", 4), ("ez_efficientvit_m0", 4)):
+        folder = tmp_path_factory.mktemp(name)
+        final = train_digits(name, epochs=epochs, img_size=32, output=str(folder))
+        assert final["best_top1"] >= 85.0, final
+        out[name] = final["checkpoint"]
+    return out
+
+
+@pytest.mark.parametrize("name", ["ez_mobilenetv2_eca", "ez_efficientvit_m0"])
+def test_int8_agrees_with_fp32_on_held_out_digits(name: str, trained, tmp_path) -> None:
+    res = export(trained[name], "onnx", tmp_path, int8=True, calib="digits")
+    assert res.status == "verified", res.summary()
+    assert res.parity["top1_agreement"] >= 0.99 and res.parity["images"] >= 256
+    fp32 = export(trained[name], "onnx", tmp_path, int8=False)
+    assert res.size_bytes < 0.4 * fp32.size_bytes
+    proto = onnx.load(res.path)
+    assert sum(n.op_type == "QuantizeLinear" for n in proto.graph.node) > 10
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == [str(i) for i in range(10)] and meta["precision"] == "int8"
+    assert meta["model"] == name and json.loads(meta["input_size"]) == [3, 32, 32]
+
+
+def test_int8_leaves_the_normalisers_float(tmp_path) -> None:
+    res = export("ez_efficientvit_b0", "onnx", tmp_path, img_size=SIZE, int8=True, calib_size=8)
+    assert res.status == "verified"  # random weights: agreement reported, not gated
+    assert "not gated" in res.parity["reason"]
+    float_nodes = set(res.notes["float_nodes"])
+    proto = onnx.load(res.path)
+    kinds = {n.op_type for n in proto.graph.node if n.name in float_nodes}
+    assert {"Div", "ReduceSum", "LayerNormalization"} <= kinds
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for node in proto.graph.node:
+        if node.name in float_nodes and node.op_type == "Div":
+            assert producers[node.input[1]].op_type != "DequantizeLinear", "a normaliser was quantised"
