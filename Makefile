@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 JOBS    ?= 2
 
-.PHONY: demo test test-all lint bench table clean
+.PHONY: demo test test-all lint bench table export-matrix clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,5 +36,12 @@ bench: $(STAMP)
 table: $(STAMP)
 	$(BIN)/python scripts/model_table.py --write README.md
 
+# Every model x format x precision through its gate (long: about an hour on 2 cores), then the
+# README's export section is regenerated from the JSON.
+MATRIX_FORMATS ?= onnx,coreml,executorch
+export-matrix: $(STAMP)
+	-$(BIN)/edgezoo export --all --format $(MATRIX_FORMATS) --out exported --json results/export-matrix.json
+	$(BIN)/python scripts/export_table.py results/export-matrix.json --write README.md
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache exported

@@ -10,8 +10,16 @@ adding one module that subclasses :class:`Format` and decorates it with :func:`r
 """
 
 from edgezoo.export.api import ExportResult, export, prepare
-from edgezoo.export.base import PRECISIONS, ExportJob, Format, NotRunnable, Option, get_format, list_formats, \
-    register_format
+from edgezoo.export.base import (
+    PRECISIONS,
+    ExportJob,
+    Format,
+    NotRunnable,
+    Option,
+    get_format,
+    list_formats,
+    register_format,
+)
 
 # Formats: importing them registers them (their heavy imports happen inside their methods).
 from edgezoo.export import onnx, tensorrt  # noqa: F401  isort: skip

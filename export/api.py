@@ -172,7 +172,7 @@ def prepare(source: str | os.PathLike | nn.Module | Source, model: str | None = 
     src = source if isinstance(source, Source) else resolve_source(source, model, img_size, use_ema, classes)
     if getattr(src.model, "_edgezoo_deploy", False):
         return src
-    src.model = fuse(src.model.float().cpu().eval())
+    src.model = fuse(src.model).float().cpu()  # fuse works on a copy: the caller's model is untouched
     src.model._edgezoo_deploy = True  # type: ignore[assignment]
     return src
 

@@ -67,13 +67,11 @@ def _matrix(args: argparse.Namespace, formats: list[Any], options: dict[str, Any
     out = Path(args.out)
     precisions = args.precisions.split(",") if args.precisions else None
     print(f"export matrix: {len(models)} models x {', '.join(f.name for f in formats)} -> {out}", flush=True)
-    matrix = run_matrix(models, [f.name for f in formats], out, precisions=precisions, img_size=args.img_size,
-                        log=lambda m: print(m, flush=True), batch=args.batch, calib=args.calib,
-                        calib_size=args.calib_size, **options)
-    print(print_table(matrix))
     path = Path(args.json) if args.json else out / "export-matrix.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(matrix, indent=1, default=str))
+    matrix = run_matrix(models, [f.name for f in formats], out, precisions=precisions, img_size=args.img_size,
+                        log=lambda m: print(m, flush=True), json_path=path, batch=args.batch or 1,
+                        calib=args.calib, calib_size=args.calib_size, **options)
+    print(print_table(matrix))
     print(f"matrix JSON: {path} (README section: python scripts/export_table.py {path} --write README.md)")
     return 0 if all(r["status"] != "failed" for r in matrix["results"]) else 1
 

@@ -332,7 +332,8 @@ class CoremlFormat(Format):
             from PIL import Image
 
             pixels = _to_pixels(inputs, job.metadata["mean"], job.metadata["std"])
-            outs = [mlmodel.predict({"input": Image.fromarray(p.transpose(1, 2, 0), "RGB")})["logits"] for p in pixels]
+            images = [Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))) for p in pixels]  # HWC uint8: RGB
+            outs = [mlmodel.predict({"input": image})["logits"] for image in images]
             return np.concatenate([np.asarray(o, dtype=np.float32).reshape(1, -1) for o in outs])
         out = mlmodel.predict({"input": np.ascontiguousarray(inputs, dtype=np.float32)})["logits"]
         return np.asarray(out, dtype=np.float32)

@@ -24,6 +24,7 @@ portable kernels (``non_delegated_ops``, by op) and, for int8, the number of qua
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import warnings
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgezoo.export.base import ExportJob, Format, NotRunnable, register_format
 
@@ -49,7 +51,27 @@ def _constant_methods(job: ExportJob) -> dict[str, str]:
     return methods
 
 
-def _quantize(job: ExportJob, x: torch.Tensor) -> torch.nn.Module:
+def _native_gelu(model: nn.Module, job: ExportJob) -> nn.Module:
+    """A copy of ``model`` whose edgezoo GELUs are :class:`torch.nn.GELU` (``model`` is left as it is).
+
+    edgezoo's GELU (:class:`edgezoo.blocks.focal.GELU`) writes itself as ``x * (erf(x / sqrt 2) + 1) * 0.5``
+    under ``torch.export`` so that onnxruntime fuses it; XNNPACK has no ``erf`` but a native GELU, and
+    every ``erf`` would split the graph into another delegate. Same function, so parity is unchanged.
+    """
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, nn.GELU) and type(m) is not nn.GELU and type(m).__module__.startswith("edgezoo.")]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, nn.GELU(approximate=getattr(parent, child).approximate))
+    job.notes["native_gelu"] = len(names)
+    return model
+
+
+def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
     """PT2E int8: annotate with the XNNPACK quantizer, calibrate on ``job.calibration``, convert."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -60,7 +82,7 @@ def _quantize(job: ExportJob, x: torch.Tensor) -> torch.nn.Module:
     if job.calibration is None:
         raise ValueError("int8 export needs calibration data")
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    graph = torch.export.export(job.model, (x,)).module()
+    graph = torch.export.export(model, (x,)).module()
     prepared = prepare_pt2e(graph, quantizer)
     images = job.calibration.calib
     batches = [images[i:i + job.batch] for i in range(0, len(images) - job.batch + 1, job.batch)]
@@ -96,11 +118,10 @@ def _delegation(edge: Any, job: ExportJob) -> None:
     try:
         from executorch.devtools.backend_debug import get_delegation_info
 
-        info = get_delegation_info(graph)
-        job.notes["delegated_ops"] = int(info.num_delegated_nodes)
-        job.notes["non_delegated_ops"] = int(info.num_non_delegated_nodes)
+        job.notes["delegated_ops"] = int(get_delegation_info(graph).num_delegated_nodes)
     except Exception:  # the devtools helper is optional; the counts below still hold
         pass
+    job.notes["non_delegated_ops"] = sum(left.values())
     job.notes["non_delegated"] = dict(sorted(left.items()))
     if left:
         job.warn(f"{sum(left.values())} op(s) not delegated to XNNPACK (portable kernels): "
@@ -116,11 +137,10 @@ def build_pte(job: ExportJob, path: Path) -> Path:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model: torch.nn.Module = job.model
+        model = _native_gelu(job.model, job)
         if job.precision == "int8":
-            job.log(f"{job.name}: PT2E int8 calibration ({len(job.calibration.calib)} images)"
-                    if job.calibration is not None else f"{job.name}: PT2E int8")
-            model = _quantize(job, x)
+            job.log(f"{job.name}: PT2E int8 calibration")
+            model = _quantize(job, model, x)
         program = torch.export.export(model, (x,))
         job.notes["export_s"] = round(time.perf_counter() - start, 2)
         job.log(f"{job.name}: lowering to XNNPACK")

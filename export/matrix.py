@@ -18,11 +18,14 @@ __all__ = ["markdown_table", "print_table", "run_matrix"]
 
 
 def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisions: list[str] | None = None,
-               img_size: int | None = None, log: Callable[[str], None] = print, **common: Any) -> dict[str, Any]:
+               img_size: int | None = None, log: Callable[[str], None] = print, json_path: Path | None = None,
+               **common: Any) -> dict[str, Any]:
     """Export each model to each format in each precision it supports (or ``precisions``).
 
     Returns ``{"machine", "started", "results": [ExportResult dicts]}``; a failure is a cell with
     its error, never an exception (bad input, such as an unknown format, still raises first).
+    With ``json_path`` the matrix so far is written there after each model, so a long run that is
+    stopped keeps what it finished.
     """
     from edgezoo.export.api import ExportResult, export, prepare
     from edgezoo.export.base import get_format
@@ -48,8 +51,29 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
                 row.pop("metadata", None)
                 row["notes"] = {k: v for k, v in row["notes"].items() if k in ("exporter", "dynamic_hw", "traceback")}
                 results.append(row)
-    return {"machine": f"{platform.machine()} {platform.processor() or platform.system()}", "started": started,
-            "results": results}
+        if json_path is not None:
+            _save(json_path, {"machine": _machine(), "started": started, "results": results})
+    return {"machine": _machine(), "started": started, "results": results}
+
+
+def _machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def _save(path: Path, matrix: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(matrix, indent=1, default=str))
+    tmp.replace(path)
 
 
 def _cells(matrix: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
@@ -100,9 +124,9 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append("")
     lines.append(f"Generated from the export matrix JSON of {matrix['started']} ({matrix['machine']}): {total}. "
-                 "`verified`: a runtime here ran the artifact and it passed its gate (fp32: relative max error "
-                 "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; int8 cells give "
-                 "top-1 agreement with fp32 on held-out digits (random weights: reported, not gated).")
+                 "`verified`: a runtime here ran the artifact and it passed its gate (relative max error "
+                 "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; "
+                 "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated).")
     return "\n".join(lines)
 
 

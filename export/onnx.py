@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -168,7 +168,8 @@ def ort_session(path: Path | str | bytes, threads: int = 0, providers: list[str]
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
 
 
 @register_format
@@ -179,7 +180,9 @@ class OnnxFormat(Format):
     modules = ("onnx", "onnxruntime", "onnxscript", "onnxslim")
     precisions = ("fp32", "fp16", "int8")
     supports_dynamic = True
-    options = {"opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(17, 24)), type=int)}
+    options: ClassVar[dict[str, Option]] = {
+        "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(17, 24)), type=int),
+    }
     parity = "onnxruntime CPU against PyTorch"
     description = "ONNX (dynamo exporter, onnxslim), fp32 / fp16 / int8 QDQ"
 

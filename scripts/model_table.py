@@ -30,11 +30,9 @@ def render() -> str:
 
 
 def splice(text: str, table: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"README lacks the markers {START} ... {END}")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table}\n{END}{tail}"
+    from _readme import splice as _splice  # scripts/ is on sys.path when a script runs
+
+    return _splice(text, table, START, END)
 
 
 def main() -> int:

@@ -27,26 +27,27 @@ def _model(name: str, size: int = SIZE) -> torch.nn.Module:
 def test_every_model_passes_the_fp32_gate_with_a_dynamic_batch(name: str, tmp_path) -> None:
     """Random weights with calibrated BatchNorm statistics (random-init logits would hide a wrong
     graph); the gate runs a batch size other than the one traced."""
-    res = export(_model(name), "onnx", tmp_path, img_size=SIZE, dynamic=True)
+    model = _model(name)
+    res = export(model, "onnx", tmp_path, img_size=SIZE, dynamic=True)
     assert res.status == "verified", res.summary()
     assert res.parity["max_rel_err"] <= 1e-4 and res.parity["top1_flips"] == 0
     proto = onnx.load(res.path)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     out = ort_session(res.path).run(None, {"input": x.numpy()})[0]
-    edgezoo_model = edgezoo.fuse(_model(name))
     with torch.no_grad():
-        ref = edgezoo_model(x).numpy()
+        ref = edgezoo.fuse(model)(x).numpy()
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("name", ["ez_efficientvit_m0", "ez_shvit_s1", "ez_focalnet_edge_xs", "ez_efficientvit_b0"])
 def test_dynamic_height_and_width(name: str, tmp_path) -> None:
     """The ViT families export symbolic height/width; the file runs at sizes it was not traced at."""
-    res = export(_model(name, 224), "onnx", tmp_path, dynamic=True)
+    model = _model(name, 224)
+    res = export(model, "onnx", tmp_path, dynamic=True)
     assert res.status == "verified" and res.notes["dynamic_hw"], res.summary() + str(res.warnings)
     sess = ort_session(res.path)
-    model = edgezoo.fuse(_model(name, 224))
+    model = edgezoo.fuse(model)
     for h, w in [(160, 256), (288, 192)]:
         x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
         with torch.no_grad():
