@@ -22,7 +22,7 @@ from edgezoo.export.base import (
 )
 
 # Formats: importing them registers them (their heavy imports happen inside their methods).
-from edgezoo.export import onnx, tensorrt  # noqa: F401  isort: skip
+from edgezoo.export import onnx, coreml, executorch, tensorrt  # noqa: F401  isort: skip
 
 __all__ = [
     "PRECISIONS",

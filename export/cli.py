@@ -93,6 +93,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_options_used(formats, options)
     for fmt in formats:
         fmt.require()
+        if args.dynamic and not fmt.supports_dynamic:
+            raise InvalidArgumentError(f"format {fmt.name!r} exports a static batch only: drop --dynamic or export "
+                                       f"it separately")
     if args.all:
         return _matrix(args, formats, options)
     if not args.source:

@@ -71,27 +71,124 @@ def _native_gelu(model: nn.Module, job: ExportJob) -> nn.Module:
     return model
 
 
-def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """PT2E int8: annotate with the XNNPACK quantizer, calibrate on ``job.calibration``, convert."""
+#: aten ops -> the names blocks use in ``fp32_ops`` (:mod:`edgezoo.blocks.linear_attention`).
+_POLICY_OPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "bmm": "matmul",
+               "mm": "matmul", "sum": "sum", "mean": "mean", "softmax": "softmax", "_softmax": "softmax",
+               "pow": "pow", "linalg_vector_norm": "norm", "norm": "norm", "softplus": "softplus", "elu": "elu",
+               "layer_norm": "layer_norm", "native_layer_norm": "layer_norm", "reciprocal": "div"}
+#: ops between a softmax and the matmul producing its input (bias, scale) that the quantizer would annotate
+_SOFTMAX_FEEDERS = ("add", "sub", "mul", "div")
+
+
+def _op(node: Any) -> str:
+    """``aten.add.Tensor`` -> ``add``."""
+    name = getattr(node.target, "__name__", "")
+    return name.split(".")[0] if node.op == "call_function" else ""
+
+
+def _float_nodes(graph: torch.fx.GraphModule, model: nn.Module) -> list[Any]:
+    """Nodes of ``graph`` the precision policy keeps float in int8, as in ONNX's
+    (:func:`edgezoo.export.fp32_policy.int8_float_nodes`): the ops a block declares in
+    ``fp32_ops``, inside that block, and the softmax with the chain of element-wise ops feeding it."""
+    from edgezoo.blocks.linear_attention import fp32_regions
+
+    regions = fp32_regions(model)
+    keep: list[Any] = []
+    for node in graph.graph.nodes:
+        op = _POLICY_OPS.get(_op(node))
+        if op is None:
+            continue
+        scopes = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        if any(op in regions.get(scope, ()) for scope in scopes):
+            keep.append(node)
+        if op == "softmax":
+            todo = [node.args[0]]
+            while todo:
+                feeder = todo.pop()
+                if isinstance(feeder, torch.fx.Node) and _op(feeder) in _SOFTMAX_FEEDERS:
+                    keep.append(feeder)
+                    todo.extend(feeder.args)
+    return list(dict.fromkeys(keep))
+
+
+def _quantizer(model: nn.Module, job: ExportJob) -> Any:
+    """ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8, per-channel weights) plus two edgezoo rules.
+
+    * The precision policy: the nodes of :func:`_float_nodes` are marked annotated-and-empty before
+      the quantizer runs, so they stay float (the quantizer skips annotated nodes). The stock
+      quantizer annotates ``add``/``mul``, so the attention logits (``q @ k + bias``) would reach the
+      softmax as int8; CGA's int8 top-1 agreement drops by a few points that way.
+    * Constant padding shares its input's quantisation parameters. The stock quantizer leaves
+      ``pad`` unannotated, so a pad whose input is quantised but whose output reaches the next
+      quantised op through views (CGA's window partition: pad, 6-D view, permute, reshape) is
+      claimed by XNNPACK with a quantised input and a float output, and the runtime refuses the
+      program ("Failed to create StaticConstantPad node ... xnn_status_invalid_parameter"). With
+      shared parameters (exact: the pad value 0 is representable) it is an int8 pad XNNPACK runs,
+      and the views after it share them too.
+    """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    pads = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+
+    def constant_zero_pad(node: Any) -> bool:
+        if node.target == torch.ops.aten.constant_pad_nd.default:
+            return (node.args[2] if len(node.args) > 2 else 0.0) == 0
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        return mode == "constant" and value in (None, 0)
+
+    class EdgezooXnnpackQuantizer(XNNPACKQuantizer):
+        def annotate(self, graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            floats = _float_nodes(graph, model)
+            for node in floats:
+                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+            job.notes["float_ops"] = dict(sorted(Counter(_op(n) for n in floats).items()))
+            graph = super().annotate(graph)
+            for node in graph.graph.nodes:
+                if node.op != "call_function" or node.target not in pads or Q_ANNOTATION_KEY in node.meta:
+                    continue
+                prev = node.args[0]
+                annotation = prev.meta.get(Q_ANNOTATION_KEY) if isinstance(prev, torch.fx.Node) else None
+                if annotation is None or annotation.output_qspec is None or not constant_zero_pad(node):
+                    continue
+                shared = SharedQuantizationSpec(prev)
+                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={prev: shared},
+                                                                     output_qspec=shared, _annotated=True)
+            propagate_annotation(graph)  # views after an annotated pad share its parameters too
+            return graph
+
+    return EdgezooXnnpackQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """PT2E int8: annotate with the XNNPACK quantizer, calibrate on ``job.calibration``, convert."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if job.calibration is None:
         raise ValueError("int8 export needs calibration data")
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _quantizer(model, job)
+    start = time.perf_counter()
     graph = torch.export.export(model, (x,)).module()
     prepared = prepare_pt2e(graph, quantizer)
+    job.notes["prepare_s"] = round(time.perf_counter() - start, 2)
     images = job.calibration.calib
     batches = [images[i:i + job.batch] for i in range(0, len(images) - job.batch + 1, job.batch)]
     if not batches:
         raise ValueError(f"int8 export needs at least {job.batch} calibration images (the static batch)")
+    start = time.perf_counter()
     with torch.no_grad():
         for batch in batches:
             prepared(batch.float())
+    job.notes["calibrate_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
     converted = convert_pt2e(prepared)
+    job.notes["convert_s"] = round(time.perf_counter() - start, 2)
     quant = {"quantize_per_tensor", "quantize_per_channel"}
     job.notes["quantized_tensors"] = sum(
         1 for n in converted.graph.nodes

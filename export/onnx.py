@@ -181,7 +181,8 @@ class OnnxFormat(Format):
     precisions = ("fp32", "fp16", "int8")
     supports_dynamic = True
     options: ClassVar[dict[str, Option]] = {
-        "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(17, 24)), type=int),
+        # 18 is the dynamo exporter's floor: converting its graphs down to 17 fails on Reduce* axes
+        "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(18, 24)), type=int),
     }
     parity = "onnxruntime CPU against PyTorch"
     description = "ONNX (dynamo exporter, onnxslim), fp32 / fp16 / int8 QDQ"

@@ -279,7 +279,7 @@ class TensorrtFormat(Format):
         "workspace": Option(4.0, "builder workspace memory pool limit in GiB", type=float),
         "max_batch": Option(32, "largest batch of the dynamic optimisation profile", type=int),
         "timing_cache": Option(None, "timing cache file: loaded if it exists, saved after the build"),
-        "opset": Option(DEFAULT_OPSET, "ONNX opset of the graph TensorRT parses", choices=tuple(range(17, 24)),
+        "opset": Option(DEFAULT_OPSET, "ONNX opset of the graph TensorRT parses", choices=tuple(range(18, 24)),
                         type=int),
         "builder_optimization_level": Option(3, "TensorRT builder optimisation level (higher: slower build)",
                                              choices=tuple(range(6)), type=int),

@@ -1,0 +1,47 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+#: The briefly trained models the int8 tests use: (model, epochs, img_size). Each reaches ~97% on digits.
+TRAINED = {
+    "cnn": ("ez_resnet18_eca", 3, 32),
+    "vit": ("ez_efficientvit_m0", 3, 48),
+}
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Callable[[str], dict[str, Any]]:
+    """``get("cnn" | "vit")`` -> ``{"checkpoint", "top1", "model", "img_size"}`` of a model trained on digits.
+
+    Trained once per test session, whatever the number of pytest-xdist workers: the first worker to
+    ask trains under a file lock in the session's shared temporary folder, the others read its result.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # shared by every xdist worker of this session
+
+    def get(kind: str) -> dict[str, Any]:
+        from edgezoo.train import train_digits
+
+        name, epochs, img_size = TRAINED[kind]
+        folder = root / f"digits-{name}-{img_size}px-{epochs}ep"
+        done = folder / "result.json"
+        with FileLock(str(folder) + ".lock"):
+            if not done.is_file():
+                final = train_digits(name, epochs=epochs, img_size=img_size, output=str(folder), run__progress=False)
+                top1 = max(final["val_top1"], final.get("ema_val_top1", 0.0))
+                done.write_text(json.dumps({"checkpoint": str(final["checkpoint"]), "top1": top1, "model": name,
+                                            "img_size": img_size}))
+        result = json.loads(done.read_text())
+        assert result["top1"] >= 90.0, f"{name} reached only {result['top1']:.1f}% on digits in {epochs} epochs"
+        return result
+
+    return get

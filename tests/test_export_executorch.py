@@ -1,0 +1,180 @@
+"""ExecuTorch export: ``.pte`` lowered to XNNPACK, gated in the ExecuTorch runtime on this machine.
+
+Lowering is slow (tens of seconds a model on 2 cores, more for graphs XNNPACK splits into many
+delegates), so the default suite lowers one small CNN in fp32 (random weights, BN statistics from
+data) and one briefly trained on digits in int8; ``-m slow`` adds one fp32 model per family and
+int8 for a trained CNN (batch 2) and a trained transformer-style model. Everything runs at 32 px
+and one thread per test process (``pytest -n 2`` on 2 cores: more threads only contend).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import edgezoo
+import edgezoo.export.executorch as et
+from edgezoo.errors import InvalidArgumentError
+from edgezoo.export import NotRunnable, export, get_format
+from tests.util import calibrate_bn_
+
+pytest.importorskip("executorch")
+
+SIZE = 32
+FP32_MODEL = "ez_resnet18_se"  # one XNNPACK delegate, the fastest to lower of the zoo's small models
+INT8_MODEL = "ez_resnet18_se"  # 3 epochs of digits at 32 px: ~97% val top-1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread while a test runs (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _sidecar(path: str) -> dict:
+    return json.loads(Path(f"{path}.json").read_text())
+
+
+def _check_metadata(result) -> None:
+    """The program's constant methods hold the metadata the sidecar JSON holds."""
+    side = _sidecar(result.path)
+    embedded = et.read_metadata(result.path)
+    assert embedded == {k: v for k, v in side.items() if k != "export"}
+    assert embedded["model"] == result.model and embedded["precision"] == result.precision
+    assert embedded["format"] == "executorch" and embedded["input_size"] == list(result.metadata["input_size"])
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(result.path)
+    assert {"forward", et.METADATA_METHOD, "edgezoo_model", "edgezoo_mean"} <= program.method_names
+    assert program.load_method("edgezoo_model").execute([])[0] == result.model
+    assert json.loads(program.load_method("edgezoo_mean").execute([])[0]) == side["mean"]
+
+
+def _fp32(name: str, tmp_path: Path, batch: int = 1):
+    model = calibrate_bn_(timm.create_model(name), SIZE)
+    result = export(model, "executorch", tmp_path, img_size=SIZE, batch=batch)
+    print(f"\n{result.summary()}; lowering {result.notes.get('lower_s')} s, {result.notes.get('delegates')} "
+          f"delegate(s), not delegated: {result.notes.get('non_delegated')}")
+    assert result.status == "verified", result.summary() + "\n" + result.notes.get("traceback", "")
+    assert result.parity["max_rel_err"] <= 1e-4 and result.parity["top1_flips"] == 0
+    assert Path(result.path).name == f"{name}.pte" and Path(result.path).stat().st_size == result.size_bytes
+    assert result.notes["delegates"] >= 1 and result.notes["delegated_ops"] > 0
+    return result
+
+
+def _int8(name: str, tmp_path: Path, epochs: int, img_size: int = SIZE, batch: int = 1):
+    from edgezoo.train import train_digits
+
+    trained = train_digits(name, epochs=epochs, img_size=img_size, output=str(tmp_path / "train"), run__threads=1,
+                           run__progress=False)
+    top1 = max(trained["val_top1"], trained.get("ema_val_top1", 0.0))
+    assert top1 >= 90.0, f"{name} reached only {top1:.1f}% on digits in {epochs} epochs"
+    result = export(trained["checkpoint"], "executorch", tmp_path / "out", int8=True, calib="digits", batch=batch)
+    print(f"\n{result.summary()}; val top-1 {top1:.1f}%; {result.notes.get('quantized_tensors')} quantised tensors, "
+          f"lowering {result.notes.get('lower_s')} s, not delegated: {result.notes.get('non_delegated')}")
+    assert result.status == "verified", result.summary() + "\n" + result.notes.get("traceback", "")
+    assert result.parity["images"] >= 200
+    assert result.parity["top1_agreement"] >= 0.99
+    assert Path(result.path).name == f"{name}_int8.pte"
+    assert result.notes["quantized_tensors"] > 0 and result.notes["calibration_batches"] == 64 // batch
+    assert "calibration" in result.metadata and result.metadata["classes"] == [str(i) for i in range(10)]
+    return result
+
+
+# -- cheap checks ---------------------------------------------------------------------------------
+
+def test_registered():
+    fmt = get_format("executorch")
+    assert isinstance(fmt, et.ExecutorchFormat)
+    assert (fmt.suffix, fmt.extra, fmt.modules, fmt.precisions) == (".pte", "executorch", ("executorch",),
+                                                                     ("fp32", "int8"))
+    assert not fmt.supports_dynamic and "XNNPACK" in fmt.parity and fmt.missing() is None
+
+
+def test_bad_requests_raise(tmp_path: Path):
+    with pytest.raises(InvalidArgumentError, match="static batch"):
+        export("ez_resnet18_se", "executorch", tmp_path, dynamic=True)
+    with pytest.raises(InvalidArgumentError, match="fp16"):
+        export("ez_resnet18_se", "executorch", tmp_path, half=True)
+    with pytest.raises(InvalidArgumentError, match="option"):
+        export("ez_resnet18_se", "executorch", tmp_path, opset=18)
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_without_runtime_is_not_runnable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import fails
+    pte = tmp_path / "x.pte"
+    pte.write_bytes(b"")
+    with pytest.raises(NotRunnable, match="ExecuTorch runtime"):
+        get_format("executorch").run(pte, torch.zeros(1, 3, SIZE, SIZE).numpy(), None)
+
+
+def test_native_gelu_swap_leaves_the_model_alone():
+    """edgezoo's export-time erf GELU becomes nn.GELU in a copy; the model itself is unchanged."""
+    from edgezoo.blocks.focal import GELU
+    from edgezoo.export.base import ExportJob
+
+    model = edgezoo.fuse(timm.create_model("ez_focalnet_edge_xs").eval())
+    n = sum(isinstance(m, GELU) for m in model.modules())
+    assert n > 0
+    job = ExportJob(model=model, name="m", input_size=(3, SIZE, SIZE), batch=1, dynamic=False, precision="fp32",
+                    options={}, metadata={}, work_dir=Path("."))
+    swapped = et._native_gelu(model, job)
+    assert swapped is not model and job.notes["native_gelu"] == n
+    assert not any(isinstance(m, GELU) for m in swapped.modules())
+    assert sum(isinstance(m, GELU) for m in model.modules()) == n
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(x), model(x))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.GELU())
+    assert et._native_gelu(plain, job) is plain
+
+
+# -- lowering: one fp32 and one int8 in the default suite -----------------------------------------
+
+def test_fp32_verified_with_metadata(tmp_path: Path):
+    result = _fp32(FP32_MODEL, tmp_path)
+    assert result.notes["non_delegated_ops"] == 0  # the whole graph is one XNNPACK delegate
+    _check_metadata(result)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_int8_trained_cnn_agrees_with_fp32(tmp_path: Path):
+    result = _int8(INT8_MODEL, tmp_path, epochs=3)
+    _check_metadata(result)
+
+
+# -- slow: one fp32 model per family, int8 for a CNN (batch 2) and a transformer -----------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ez_mobilenetv2_cbam", "ez_shvit_s1", "ez_efficientvit_m0", "ez_focalnet_edge_xs",
+                                  "ez_efficientvit_b0"])
+def test_fp32_per_family(name: str, tmp_path: Path):
+    _fp32(name, tmp_path)
+
+
+@pytest.mark.slow
+def test_fp32_static_batch_2(tmp_path: Path):
+    result = _fp32("ez_efficientvit_b0", tmp_path, batch=2)
+    assert result.metadata["batch"] == 2 and result.parity["images"] == 8
+
+
+@pytest.mark.slow
+def test_int8_trained_cnn_batch_2(tmp_path: Path):
+    _int8("ez_resnet18_cbam", tmp_path, epochs=3, batch=2)
+
+
+@pytest.mark.slow
+def test_int8_trained_transformer(tmp_path: Path):
+    result = _int8("ez_focalnet_edge_xs", tmp_path, epochs=3)
+    assert result.notes["native_gelu"] > 0
