@@ -287,13 +287,13 @@ def export(
         log(f"{src.name}: parity gate ({fmt.parity})")
         status, figures = _gate(fmt, job, artifact, src.trained)
         result.status, result.parity = status, figures
+        result.warnings, result.notes = job.warnings, job.notes
         if status == "failed":
             return result
         final = out / artifact.name
         sidecar = work / f"{artifact.name}.json"
         result.size_bytes = _size(artifact)
         result.path = str(final)
-        result.warnings, result.notes = job.warnings, job.notes
         sidecar.write_text(json.dumps({**meta, "export": {k: v for k, v in result.to_dict().items()
                                                           if k != "metadata"}}, indent=2, default=str))
         _move_into_place(artifact, final)

@@ -63,7 +63,8 @@ def _matrix(args: argparse.Namespace, formats: list[Any], options: dict[str, Any
     import edgezoo
     from edgezoo.export.matrix import print_table, run_matrix
 
-    models = edgezoo.list_models(args.models or "")
+    patterns = (args.models or "").split(",")
+    models = [m for m in edgezoo.list_models() if any(m in edgezoo.list_models(p) for p in patterns)]
     out = Path(args.out)
     precisions = args.precisions.split(",") if args.precisions else None
     print(f"export matrix: {len(models)} models x {', '.join(f.name for f in formats)} -> {out}", flush=True)
@@ -143,7 +144,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.add_argument("--all", action="store_true", help="the model x format x precision matrix of every model")
-    p.add_argument("--models", help="with --all: only models matching this substring or glob")
+    p.add_argument("--models", help="with --all: only models matching these comma-separated substrings or globs")
     p.add_argument("--precisions", help="with --all: only these precisions, e.g. fp32,int8")
     p.add_argument("--list-formats", action="store_true", help="list formats, their options and what is installed")
     p.set_defaults(func=cmd_export)

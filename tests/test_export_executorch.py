@@ -3,7 +3,7 @@
 Lowering is slow (tens of seconds a model on 2 cores, more for graphs XNNPACK splits into many
 delegates), so the default suite lowers one small CNN in fp32 (random weights, BN statistics from
 data) and one briefly trained on digits in int8; ``-m slow`` adds one fp32 model per family and
-int8 for a trained CNN (batch 2) and a trained transformer-style model. Everything runs at 32 px
+int8 for a trained CNN (batch 2), FocalNet and EfficientViT-M0. Everything runs at 32 px
 and one thread per test process (``pytest -n 2`` on 2 cores: more threads only contend).
 """
 
@@ -70,7 +70,7 @@ def _fp32(name: str, tmp_path: Path, batch: int = 1):
     return result
 
 
-def _int8(name: str, tmp_path: Path, epochs: int, img_size: int = SIZE, batch: int = 1):
+def _int8(name: str, tmp_path: Path, epochs: int, img_size: int = SIZE, batch: int = 1, agreement: float = 0.99):
     from edgezoo.train import train_digits
 
     trained = train_digits(name, epochs=epochs, img_size=img_size, output=str(tmp_path / "train"), run__threads=1,
@@ -82,7 +82,7 @@ def _int8(name: str, tmp_path: Path, epochs: int, img_size: int = SIZE, batch: i
           f"lowering {result.notes.get('lower_s')} s, not delegated: {result.notes.get('non_delegated')}")
     assert result.status == "verified", result.summary() + "\n" + result.notes.get("traceback", "")
     assert result.parity["images"] >= 200
-    assert result.parity["top1_agreement"] >= 0.99
+    assert result.parity["top1_agreement"] >= agreement
     assert Path(result.path).name == f"{name}_int8.pte"
     assert result.notes["quantized_tensors"] > 0 and result.notes["calibration_batches"] == 64 // batch
     assert "calibration" in result.metadata and result.metadata["classes"] == [str(i) for i in range(10)]
@@ -175,6 +175,18 @@ def test_int8_trained_cnn_batch_2(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_int8_trained_transformer(tmp_path: Path):
+def test_int8_trained_focalnet(tmp_path: Path):
     result = _int8("ez_focalnet_edge_xs", tmp_path, epochs=3)
     assert result.notes["native_gelu"] > 0
+
+
+@pytest.mark.slow
+def test_int8_trained_vit(tmp_path: Path):
+    """EfficientViT-M0 (cascaded group attention): windows padded at 32 px, softmax inputs float.
+
+    Its int8 agreement on digits after 3 epochs is about 96%, with most of the loss in the per-tensor
+    int8 residual stream, so this checks the gate's 95% rather than 99%. Before the pad rule of
+    :func:`edgezoo.export.executorch._quantizer` the runtime refused the program.
+    """
+    result = _int8("ez_efficientvit_m0", tmp_path, epochs=3, agreement=0.95)
+    assert result.notes["float_ops"].get("add", 0) > 0  # q @ k + bias stays float before the softmax
