@@ -173,6 +173,40 @@ def _quantizer(model: nn.Module, job: ExportJob) -> Any:
     return EdgezooXnnpackQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
+def _untie_weights(graph: torch.fx.GraphModule) -> int:
+    """Give every conv/linear call its own copy of a weight or bias it shares with another call.
+
+    A module applied twice (CBAM's channel MLP runs on the mean- and the max-pooled map) is one
+    weight and bias read by two convs; the XNNPACK quantizer marks them annotated with the first
+    conv and skips the second, which stays a float conv between int8 tensors that XNNPACK claims
+    and then refuses at load time ("Failed to create convolution node ... xnn_status_invalid_parameter").
+    With its own copies each conv is int8. Returns the number of copies made.
+    """
+    weighted = {torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}
+    params = dict(graph.named_parameters())
+    count = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "get_attr":
+            continue
+        uses = [(u, i) for u in node.users if u.op == "call_function" and u.target in weighted
+                for i in (1, 2) if len(u.args) > i and u.args[i] is node]
+        for user, index in uses[1:]:
+            count += 1
+            name = f"_edgezoo_untied_{count}"
+            tensor = params[node.target] if node.target in params else graph.get_buffer(node.target)
+            graph.register_buffer(name, tensor.detach().clone())
+            with graph.graph.inserting_before(user):
+                twin = graph.graph.get_attr(name)
+            twin.meta = dict(node.meta)
+            args = list(user.args)
+            args[index] = twin
+            user.args = tuple(args)
+    if count:
+        graph.graph.lint()
+        graph.recompile()
+    return count
+
+
 def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
     """PT2E int8: annotate with the XNNPACK quantizer, calibrate on ``job.calibration``, convert."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -182,6 +216,7 @@ def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
     quantizer = _quantizer(model, job)
     start = time.perf_counter()
     graph = torch.export.export(model, (x,)).module()
+    job.notes["untied_tensors"] = _untie_weights(graph)
     prepared = prepare_pt2e(graph, quantizer)
     job.notes["prepare_s"] = round(time.perf_counter() - start, 2)
     images = job.calibration.calib

@@ -89,15 +89,14 @@ def test_a_failed_gate_exits_1_prints_figures_and_leaves_nothing(monkeypatch, ca
     assert not list(tmp_path.iterdir()), "a failed export must leave nothing at the destination"
 
 
-def test_trained_checkpoint_exports_with_its_classes_and_size(tmp_path) -> None:
+def test_trained_checkpoint_exports_with_its_classes_and_size(digits_checkpoint, tmp_path) -> None:
     """A checkpoint written by ``edgezoo train`` carries the model, classes and input size."""
-    from edgezoo.train import train_digits
-
-    final = train_digits("ez_mobilenetv2_eca", epochs=1, img_size=32, output=str(tmp_path / "run"))
-    res = export(final["checkpoint"], "onnx", tmp_path / "out", use_ema=True)
-    assert res.status == "verified" and res.model == "ez_mobilenetv2_eca"
+    trained = digits_checkpoint("cnn")
+    res = export(trained["checkpoint"], "onnx", tmp_path / "out", use_ema=True)
+    size = trained["img_size"]
+    assert res.status == "verified" and res.model == trained["model"]
     assert res.metadata["classes"] == [str(i) for i in range(10)]
-    assert res.metadata["input_size"] == [3, 32, 32] and "(EMA)" in res.metadata["source"]
+    assert res.metadata["input_size"] == [3, size, size] and "(EMA)" in res.metadata["source"]
     assert res.metadata["crop_pct"] == 1.0  # the digits recipe's eval transform, from the checkpoint's config
 
 

@@ -58,9 +58,9 @@ def _check_metadata(result) -> None:
     assert json.loads(program.load_method("edgezoo_mean").execute([])[0]) == side["mean"]
 
 
-def _fp32(name: str, tmp_path: Path, batch: int = 1):
-    model = calibrate_bn_(timm.create_model(name), SIZE)
-    result = export(model, "executorch", tmp_path, img_size=SIZE, batch=batch)
+def _fp32(name: str, tmp_path: Path, batch: int = 1, size: int = SIZE):
+    model = calibrate_bn_(timm.create_model(name), size)
+    result = export(model, "executorch", tmp_path, img_size=size, batch=batch)
     print(f"\n{result.summary()}; lowering {result.notes.get('lower_s')} s, {result.notes.get('delegates')} "
           f"delegate(s), not delegated: {result.notes.get('non_delegated')}")
     assert result.status == "verified", result.summary() + "\n" + result.notes.get("traceback", "")
@@ -140,6 +140,38 @@ def test_native_gelu_swap_leaves_the_model_alone():
     assert et._native_gelu(plain, job) is plain
 
 
+class _PadThenWindows(nn.Module):
+    """conv, zero pad, 6-D window partition (view, permute, reshape), conv: CGA's windowing in small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.pad(self.a(x), (0, 3, 0, 3))
+        y = y.view(1, 8, 1, 7, 1, 7).permute(0, 2, 4, 1, 3, 5).reshape(1, 8, 7, 7)
+        return self.head(self.b(y).mean((2, 3)))
+
+
+def test_quantized_pad_before_views_loads(tmp_path: Path):
+    """The stock quantizer's float pad between int8 tensors makes XNNPACK refuse the program."""
+    from edgezoo.export.base import ExportJob
+    from edgezoo.export.calib import CalibrationSet
+
+    torch.manual_seed(0)
+    model = _PadThenWindows().eval()
+    job = ExportJob(model=model, name="pad", input_size=(3, 4, 4), batch=1, dynamic=False, precision="int8",
+                    options={}, metadata={}, work_dir=tmp_path)
+    job.calibration = CalibrationSet(torch.randn(16, 3, 4, 4), torch.randn(4, 3, 4, 4), "random")
+    path = et.build_pte(job, tmp_path / "pad_int8.pte")
+    x = torch.randn(1, 3, 4, 4)
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert abs(out - ref).max() <= 0.2 * abs(ref).max()  # loads, runs, and is int8 noise away from fp32
+
+
 # -- lowering: one fp32 and one int8 in the default suite -----------------------------------------
 
 def test_fp32_verified_with_metadata(tmp_path: Path):
@@ -160,7 +192,9 @@ def test_int8_trained_cnn_agrees_with_fp32(tmp_path: Path):
 @pytest.mark.parametrize("name", ["ez_mobilenetv2_cbam", "ez_shvit_s1", "ez_efficientvit_m0", "ez_focalnet_edge_xs",
                                   "ez_efficientvit_b0"])
 def test_fp32_per_family(name: str, tmp_path: Path):
-    _fp32(name, tmp_path)
+    # MobileNetV2-CBAM with random weights is ill-conditioned at 32 px: onnxruntime's error there is
+    # 6e-5 and XNNPACK's 1.3e-4 (both about 5e-5 at 64 px), so it runs at 64 px.
+    _fp32(name, tmp_path, size=64 if name == "ez_mobilenetv2_cbam" else SIZE)
 
 
 @pytest.mark.slow
@@ -171,7 +205,32 @@ def test_fp32_static_batch_2(tmp_path: Path):
 
 @pytest.mark.slow
 def test_int8_trained_cnn_batch_2(tmp_path: Path):
-    _int8("ez_resnet18_cbam", tmp_path, epochs=3, batch=2)
+    """CBAM applies its channel MLP twice: both applications must be int8 (see ``_untie_weights``)."""
+    result = _int8("ez_resnet18_cbam", tmp_path, epochs=3, batch=2)
+    assert result.notes["untied_tensors"] > 0
+
+
+def test_shared_module_quantized_twice(tmp_path: Path):
+    """A module applied twice (CBAM's MLP) quantises at both uses, and the program loads and runs."""
+    from edgezoo.blocks.cnn_attention import CBAM
+    from edgezoo.export.base import ExportJob
+    from edgezoo.export.calib import CalibrationSet
+
+    torch.manual_seed(0)
+    model = edgezoo.fuse(nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), CBAM(32), nn.Conv2d(32, 16, 3),
+                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval())
+    job = ExportJob(model=model, name="cbam", input_size=(3, 8, 8), batch=2, dynamic=False, precision="int8",
+                    options={}, metadata={"model": "cbam"}, work_dir=tmp_path)
+    job.calibration = CalibrationSet(torch.randn(16, 3, 8, 8), torch.randn(8, 3, 8, 8), "random")
+    path = et.build_pte(job, tmp_path / "cbam_int8.pte")
+    assert job.notes["untied_tensors"] == 4  # fc1 and fc2, weight and bias, at the second use
+    assert job.notes["calibration_batches"] == 8
+    x = torch.randn(2, 3, 8, 8)
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert out.shape == (2, 10) and abs(out - ref).max() <= 0.05 * abs(ref).max()
+    assert et.read_metadata(path) == {"model": "cbam"}
 
 
 @pytest.mark.slow
