@@ -181,8 +181,14 @@ def test_fp32_verified_with_metadata(tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_int8_trained_cnn_agrees_with_fp32(tmp_path: Path):
-    result = _int8(INT8_MODEL, tmp_path, epochs=3)
+def test_int8_trained_cnn_agrees_with_fp32(digits_checkpoint, tmp_path: Path):
+    """The CNN the ONNX int8 test uses (trained once per session, tests/conftest.py)."""
+    trained = digits_checkpoint("cnn")
+    result = export(trained["checkpoint"], "executorch", tmp_path / "out", int8=True, calib="digits")
+    assert result.status == "verified", result.summary() + "\n" + result.notes.get("traceback", "")
+    assert result.parity["images"] >= 200 and result.parity["top1_agreement"] >= 0.99
+    assert Path(result.path).name == f"{trained['model']}_int8.pte" and result.notes["quantized_tensors"] > 0
+    assert result.metadata["classes"] == [str(i) for i in range(10)]
     _check_metadata(result)
 
 
