@@ -181,6 +181,7 @@ def test_fp32_verified_with_metadata(tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+@pytest.mark.slow  # lowering int8 takes minutes on 2 cores: `make test-all`
 def test_int8_trained_cnn_agrees_with_fp32(digits_checkpoint, tmp_path: Path):
     """The CNN the ONNX int8 test uses (trained once per session, tests/conftest.py)."""
     trained = digits_checkpoint("cnn")

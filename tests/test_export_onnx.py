@@ -128,6 +128,7 @@ def test_int8_agrees_with_fp32_on_held_out_digits(kind: str, digits_checkpoint, 
           f"node(s) left float")
 
 
+@pytest.mark.slow
 def test_int8_leaves_the_normalisers_float(tmp_path) -> None:
     res = export("ez_efficientvit_b0", "onnx", tmp_path, img_size=SIZE, int8=True, calib_size=8)
     assert res.status == "verified"  # random weights: agreement reported, not gated
