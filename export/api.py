@@ -79,6 +79,8 @@ class ExportResult:
         if "max_rel_err" in p:
             parts.append(f"rel err {p['max_rel_err']:.1e}, top-1 agreement {p['top1_agreement']:.1%} "
                          f"on {p['images']} images")
+        if "top1_agreement_ort_cpu_kernels" in p:
+            parts.append(f"onnxruntime int8 CPU kernels here: {p['top1_agreement_ort_cpu_kernels']:.1%}")
         if p.get("reason"):
             parts.append(p["reason"])
         if self.error:
@@ -203,15 +205,15 @@ def _gate(fmt: Format, job: ExportJob, artifact: Path, trained: bool) -> tuple[s
     reason = fmt.runtime_reason()
     if reason is not None:
         return "converted", {"passed": None, "reason": f"not run: {reason}"}
-    refs, outs = [], []
-    for x in _parity_inputs(job, trained):
-        with torch.no_grad():
-            refs.append(job.model(x).float().numpy())
-        try:
-            outs.append(fmt.run(artifact, x.numpy(), job))
-        except NotRunnable as err:
-            return "converted", {"passed": None, "reason": f"not run: {err}"}
-    figures = compare(np.concatenate(refs), np.concatenate(outs), job.precision, trained)
+    inputs = [x.numpy() for x in _parity_inputs(job, trained)]
+    with torch.no_grad():
+        ref = np.concatenate([job.model(torch.from_numpy(x)).float().numpy() for x in inputs])
+    try:
+        out = np.concatenate([fmt.run(artifact, x, job) for x in inputs])
+    except NotRunnable as err:
+        return "converted", {"passed": None, "reason": f"not run: {err}"}
+    figures = compare(ref, out, job.precision, trained)
+    figures.update(fmt.extra_parity(artifact, inputs, ref, out, job))
     return ("verified" if figures["passed"] else "failed"), figures
 
 

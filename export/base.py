@@ -34,6 +34,7 @@ __all__ = [
     "Option",
     "get_format",
     "list_formats",
+    "parse_bool",
     "register_format",
 ]
 
@@ -43,6 +44,18 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 class NotRunnable(RuntimeError):
     """Raised by :meth:`Format.run` when no runtime on this machine can execute the artifact."""
+
+
+def parse_bool(value: str | bool) -> bool:
+    """A boolean option from the CLI: true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    key = str(value).strip().lower()
+    if key in ("1", "true", "yes", "on", "y"):
+        return True
+    if key in ("0", "false", "no", "off", "n"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,13 @@ class Format(ABC):
 
         Raise :class:`NotRunnable` when the runtime is not available here.
         """
+
+    def extra_parity(self, path: Path, inputs: list[np.ndarray], ref: np.ndarray, out: np.ndarray,
+                     job: ExportJob) -> dict[str, Any]:
+        """Figures beyond the gate's, e.g. from a second way of running the artifact; ``ref`` and
+        ``out`` are PyTorch's and :meth:`run`'s logits for ``inputs``. Reported in
+        ``ExportResult.parity``, never gated. Default: none."""
+        return {}
 
 
 _FORMATS: dict[str, Format] = {}

@@ -83,7 +83,7 @@ def _folder(source: Any, root: Path, n: int, held_out: int) -> CalibrationSet:
                           f"{root} ({len(calib)} images calibrate, {len(held)} held out)")
 
 
-def load_calibration(spec: str, source: Any, n: int = 64, held_out: int = 256) -> CalibrationSet:
+def load_calibration(spec: str, source: Any, n: int = 64, held_out: int = 512) -> CalibrationSet:
     """Calibration images for ``source`` (an :class:`edgezoo.export.source.Source`) from ``spec``.
 
     ``spec`` is ``"digits"`` or a folder of images (searched recursively).

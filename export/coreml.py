@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from edgezoo.errors import InvalidArgumentError
-from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, register_format
+from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, parse_bool, register_format
 
 __all__ = ["ALWAYS_FP32", "LAYOUT_OPS", "MIL_OPS", "TARGETS", "CoremlFormat", "Fp32Selector", "region_handles"]
 
@@ -73,18 +73,6 @@ LAYOUT_OPS = frozenset({"transpose", "reshape", "expand_dims", "squeeze", "slice
                         "split", "concat", "tile", "identity"})
 
 _RUNTIME_REASON = "CoreML runs on macOS only (coremltools converts on Linux but cannot predict)"
-
-
-def _bool(value: str | bool) -> bool:
-    """Parse a CLI boolean: true/false, yes/no, on/off, 1/0."""
-    if isinstance(value, bool):
-        return value
-    key = str(value).strip().lower()
-    if key in ("1", "true", "yes", "on", "y"):
-        return True
-    if key in ("0", "false", "no", "off", "n"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _target(value: str) -> str:
@@ -261,7 +249,7 @@ class CoremlFormat(Format):
     options: ClassVar[dict[str, Option]] = {
         "target": Option("iOS16", "minimum deployment target (coremltools ct.target)", choices=TARGETS, type=_target),
         "image_input": Option(False, "input is an RGB image of 0..255 pixels with mean/std folded into the model",
-                              choices=(False, True), type=_bool),
+                              choices=(False, True), type=parse_bool),
     }
     parity = "Core ML (macOS only) against PyTorch"
     description = "Core ML ML Program (.mlpackage, torch.export), fp16 with the fp32 policy / fp32"

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from edgezoo.export.base import ExportJob, Format, Option, register_format
+from edgezoo.export.base import ExportJob, Format, Option, parse_bool, register_format
+from edgezoo.export.quantize import SCHEMES, int8_session
 
 __all__ = ["DEFAULT_OPSET", "OnnxFormat", "build_onnx", "export_graph", "ort_session"]
 
@@ -157,7 +158,26 @@ def build_onnx(job: ExportJob, path: Path, precision: str | None = None) -> Path
     return _save_checked(proto, path)
 
 
-_SESSIONS: dict[str, Any] = {}
+_SESSIONS: dict[tuple[str, str], Any] = {}
+
+
+def _run(path: Path, inputs: np.ndarray, semantics: str) -> np.ndarray:
+    """Run ``path`` on ``inputs``; one cached session per (file, semantics)."""
+    key = (str(path), semantics)
+    if key not in _SESSIONS:
+        if not any(k[0] == key[0] for k in _SESSIONS):
+            _SESSIONS.clear()  # keep the sessions of one file only
+        _SESSIONS[key] = ort_session(path) if semantics == "default" else int8_session(path, semantics)
+    return _SESSIONS[key].run(None, {"input": inputs.astype(np.float32)})[0]
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX); ``None``: unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
 def ort_session(path: Path | str | bytes, threads: int = 0, providers: list[str] | None = None) -> Any:
@@ -183,6 +203,10 @@ class OnnxFormat(Format):
     options: ClassVar[dict[str, Option]] = {
         # 18 is the dynamo exporter's floor: converting its graphs down to 17 fails on Reduce* axes
         "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(18, 24)), type=int),
+        "int8_scheme": Option("full", "int8 QDQ placement: " + "; ".join(f"{k}: {v}" for k, v in SCHEMES.items()),
+                              choices=tuple(SCHEMES)),
+        "reduce_range": Option(False, "int8 with 7-bit weights: avoids onnxruntime's u8s8 saturation on x86 CPUs "
+                                      "without VNNI, at some accuracy cost", choices=(False, True), type=parse_bool),
     }
     parity = "onnxruntime CPU against PyTorch"
     description = "ONNX (dynamo exporter, onnxslim), fp32 / fp16 / int8 QDQ"
@@ -191,8 +215,19 @@ class OnnxFormat(Format):
         return build_onnx(job, job.work_dir / f"{job.stem}{self.suffix}")
 
     def run(self, path: Path, inputs: np.ndarray, job: ExportJob) -> np.ndarray:
-        key = str(path)
-        if key not in _SESSIONS:
-            _SESSIONS.clear()
-            _SESSIONS[key] = ort_session(path)
-        return _SESSIONS[key].run(None, {"input": inputs.astype(np.float32)})[0]
+        """fp32/fp16 as onnxruntime optimises them; int8 with reference QDQ semantics (each Q/DQ as written)."""
+        return _run(path, inputs, "reference" if job.precision == "int8" else "default")
+
+    def extra_parity(self, path: Path, inputs: list[np.ndarray], ref: np.ndarray, out: np.ndarray,
+                     job: ExportJob) -> dict[str, Any]:
+        """int8: agreement of onnxruntime's fused x86 int8 kernels on this CPU too (they may saturate)."""
+        if job.precision != "int8":
+            return {}
+        fused = np.concatenate([_run(path, x, "kernels") for x in inputs])
+        agree = float((fused.argmax(1) == ref.argmax(1)).mean())
+        reference = float((out.argmax(1) == ref.argmax(1)).mean())
+        if agree < reference - 0.01:
+            job.warn(f"onnxruntime's int8 CPU kernels on this CPU agree {agree:.1%} with fp32 against {reference:.1%} "
+                     f"for the QDQ graph itself: without VNNI their u8 x s8 products saturate; deploy on a VNNI "
+                     f"CPU or a GPU, or export with --option reduce_range=true")
+        return {"top1_agreement_ort_cpu_kernels": agree, "cpu_int8_vnni": cpu_has_vnni()}

@@ -1,10 +1,27 @@
 """INT8 ONNX: onnxruntime static quantisation to a QDQ graph, calibrated on real images.
 
-Per-channel symmetric int8 weights and symmetric int8 activations (the QDQ form TensorRT's
-explicit quantisation also reads), min-max calibration on ``job.calibration``. The nodes of the
-precision policy (:func:`edgezoo.export.fp32_policy.int8_float_nodes`: linear-attention
-normalisers, LayerNorm, softmax and its input) stay float; their names are recorded in
-``job.notes["float_nodes"]``.
+Per-channel symmetric int8 weights and symmetric int8 activations, min-max calibration on
+``job.calibration``. Where the QuantizeLinear/DequantizeLinear pairs go is the ONNX option
+``int8_scheme`` (:data:`SCHEMES`):
+
+``full``
+    every op onnxruntime quantises, outputs included: onnxruntime's CPU provider fuses each
+    ``DQ -> op -> Q`` into an int8 kernel (QLinearConv, ...), the fastest form there.
+``weighted``
+    the activation inputs of the weighted ops only (Conv, Gemm, MatMul), outputs float: the
+    placement TensorRT's explicit quantisation documents, and the more accurate one for attention
+    models, whose residual adds and attention matmuls lose the most when quantised.
+
+In both, the nodes of the precision policy (:func:`edgezoo.export.fp32_policy.int8_float_nodes`:
+linear-attention normalisers, LayerNorm, softmax and its input) stay float; their names are
+recorded in ``job.notes["float_nodes"]``.
+
+Two ways to run the same file (:func:`int8_session`): ``reference`` executes every Q/DQ pair as
+written (onnxruntime with graph optimisations off), which is what the file specifies and what any
+int8 engine with int32 accumulation computes; ``kernels`` lets onnxruntime fuse its x86 int8
+kernels. On x86 CPUs without VNNI those multiply u8 x s8 pairs with ``vpmaddubsw``, whose int16
+sums saturate (onnxruntime's quantisation docs), so ``kernels`` can agree less with fp32 than
+``reference``; ``reduce_range=true`` (7-bit weights) avoids the saturation at some accuracy cost.
 """
 
 from __future__ import annotations
@@ -17,7 +34,13 @@ import numpy as np
 
 from edgezoo.export.base import ExportJob
 
-__all__ = ["quantize_qdq"]
+__all__ = ["SCHEMES", "int8_session", "quantize_qdq"]
+
+SCHEMES = {
+    "full": "every quantisable op, outputs included (onnxruntime CPU fuses int8 kernels)",
+    "weighted": "inputs of Conv/Gemm/MatMul only (TensorRT's placement; most accurate for attention models)",
+}
+_WEIGHTED_OPS = ["Conv", "Gemm", "MatMul"]
 
 
 def _reader(job: ExportJob) -> Any:
@@ -38,6 +61,16 @@ def _reader(job: ExportJob) -> Any:
     return Reader()
 
 
+def _scheme_arguments(scheme: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if scheme == "full":
+        return {"extra_options": extra}
+    if scheme == "weighted":
+        extra["OpTypesToExcludeOutputQuantization"] = _WEIGHTED_OPS
+        return {"extra_options": extra, "op_types_to_quantize": _WEIGHTED_OPS}
+    raise ValueError(f"unknown int8 scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+
+
 def quantize_qdq(fp32_path: Path, job: ExportJob) -> Any:
     """Quantise the fp32 ONNX file at ``fp32_path``; return the int8 QDQ ``ModelProto``."""
     import onnx
@@ -48,6 +81,7 @@ def quantize_qdq(fp32_path: Path, job: ExportJob) -> Any:
 
     if job.calibration is None:
         raise ValueError("int8 export needs calibration data")
+    scheme = job.options.get("int8_scheme", "full")
     pre = fp32_path.with_name("pre.onnx")
     out = fp32_path.with_name("int8.onnx")
     with warnings.catch_warnings():
@@ -57,17 +91,30 @@ def quantize_qdq(fp32_path: Path, job: ExportJob) -> Any:
     names = {n.name for n in pre_proto.graph.node}
     keep = [n for n in int8_float_nodes(pre_proto, job.notes.get("fp32_nodes", [])) if n in names]
     job.notes["float_nodes"] = keep
+    job.notes["int8_scheme"] = scheme
     quantize_static(
         str(pre), str(out), _reader(job),
-        quant_format=QuantFormat.QDQ, per_channel=True,
+        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=bool(job.options.get("reduce_range")),
         weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=keep,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep,
+        **_scheme_arguments(scheme),
     )
     proto = onnx.load(str(out))
     for p in (pre, out):
         p.unlink(missing_ok=True)
     q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-    job.log(f"{job.name}: int8 QDQ graph with {q} quantised tensors; {len(keep)} node(s) left float")
+    job.log(f"{job.name}: int8 QDQ graph ({scheme}) with {q} quantised tensors; {len(keep)} node(s) left float")
     return proto
+
+
+def int8_session(path: Path | str, semantics: str = "reference") -> Any:
+    """An onnxruntime CPU session running a QDQ file with ``reference`` or ``kernels`` semantics."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if semantics == "reference":
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif semantics != "kernels":
+        raise ValueError(f"semantics is 'reference' or 'kernels', got {semantics!r}")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

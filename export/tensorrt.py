@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgezoo.errors import InvalidArgumentError, MissingDependencyError
-from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, register_format
+from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, parse_bool, register_format
 from edgezoo.export.onnx import DEFAULT_OPSET
 
 __all__ = [
@@ -218,17 +218,6 @@ def read_engine(path: str | Path) -> tuple[dict[str, Any] | None, bytes]:
     return meta, plan
 
 
-def _to_bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
 
@@ -284,7 +273,7 @@ class TensorrtFormat(Format):
         "builder_optimization_level": Option(3, "TensorRT builder optimisation level (higher: slower build)",
                                              choices=tuple(range(6)), type=int),
         "embed_metadata": Option(False, "prefix the engine with its metadata (Ultralytics layout; not a bare plan)",
-                                 choices=(False, True), type=_to_bool),
+                                 choices=(False, True), type=parse_bool),
     }
     parity = "TensorRT on a CUDA GPU against PyTorch"
     description = "TensorRT engine (from the ONNX graph; fp16 / int8 QDQ with the fp32 policy pinned per layer)"
@@ -371,7 +360,7 @@ class TensorrtFormat(Format):
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
         engine = job.work_dir / f"{job.stem}{self.suffix}"
-        data = pack_engine(job.metadata, plan) if _to_bool(opts.get("embed_metadata", False)) else bytes(plan)
+        data = pack_engine(job.metadata, plan) if parse_bool(opts.get("embed_metadata", False)) else bytes(plan)
         engine.write_bytes(data)
         job.notes["tensorrt_version"] = trt.__version__
         return engine

