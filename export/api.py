@@ -79,6 +79,8 @@ class ExportResult:
         if "max_rel_err" in p:
             parts.append(f"rel err {p['max_rel_err']:.1e}, top-1 agreement {p['top1_agreement']:.1%} "
                          f"on {p['images']} images")
+        if "decisive_flips" in p:
+            parts.append(f"{p['top1_flips']} flip(s), {p['decisive_flips']} decisive")
         if "top1_agreement_ort_cpu_kernels" in p:
             parts.append(f"onnxruntime int8 CPU kernels here: {p['top1_agreement_ort_cpu_kernels']:.1%}")
         if p.get("reason"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgezoo.export.parity import DECISIVE_MARGIN, compare
+from edgezoo.export.parity import DECISIVE_PROB, compare
 
 
 def _logits(probs: list[list[float]]) -> np.ndarray:
@@ -24,7 +24,7 @@ def test_fp32_gate_fails_on_error_and_ignores_near_ties() -> None:
 
 
 def test_int8_gate_counts_decisive_flips_and_gates_agreement_for_trained_weights() -> None:
-    confident, unsure = [0.8, 0.1, 0.1], [0.40, 0.40 - DECISIVE_MARGIN / 2, 0.20 + DECISIVE_MARGIN / 2]
+    confident, unsure = [0.8, 0.1, 0.1], [DECISIVE_PROB - 0.05, 0.35, 0.2]
     ref = _logits([confident] * 18 + [unsure] * 2)
     out = ref.copy()
     out[18:] = out[18:][:, [1, 0, 2]]  # the two unsure images flip
