@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 JOBS    ?= 2
 
-.PHONY: demo test test-all lint bench table export-matrix clean
+.PHONY: demo test test-all lint bench table export-matrix int8-table clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ MATRIX_FORMATS ?= onnx,coreml,executorch
 export-matrix: $(STAMP)
 	-$(BIN)/edgezoo export --all --format $(MATRIX_FORMATS) --out exported --json results/export-matrix.json
 	$(BIN)/python scripts/export_table.py results/export-matrix.json --write README.md
+
+# Digits-trained models exported int8 (ONNX full / weighted, ExecuTorch): results/int8.json and the README table
+int8-table: $(STAMP)
+	$(BIN)/python scripts/int8_table.py --json results/int8.json --write README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache exported

@@ -52,11 +52,11 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
                 row["notes"] = {k: v for k, v in row["notes"].items() if k in ("exporter", "dynamic_hw", "traceback")}
                 results.append(row)
         if json_path is not None:
-            _save(json_path, {"machine": _machine(), "started": started, "results": results})
-    return {"machine": _machine(), "started": started, "results": results}
+            _save(json_path, {"machine": machine(), "started": started, "results": results})
+    return {"machine": machine(), "started": started, "results": results}
 
 
-def _machine() -> str:
+def machine() -> str:
     import os
 
     cpu = platform.processor() or platform.machine()

@@ -16,6 +16,15 @@ TRAINED = {
 }
 
 
+#: The longest test of `make test` (minutes): collected first, so that one pytest-xdist worker
+#: starts it while the other works through the rest, instead of it starting last.
+LONGEST = "test_digits_reaches_97_percent_within_10_epochs"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: getattr(item, "originalname", item.name) != LONGEST)  # stable: order kept otherwise
+
+
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Callable[[str], dict[str, Any]]:
     """``get("cnn" | "vit")`` -> ``{"checkpoint", "top1", "model", "img_size"}`` of a model trained on digits.

@@ -115,8 +115,8 @@ def _save(model: nn.Module, tmp_path: Path) -> Path:
     return path
 
 
-def test_export_trace_and_onnx(tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
+def test_export_and_trace_at_a_non_square_size() -> None:
+    """torch.export and jit.trace; ONNX at non-square sizes: tests/test_export_onnx.py."""
     model = edgezoo.fuse(randomize_damped_(edgezoo.create_model("ez_efficientvit_m0")))
     x = torch.randn(1, 3, 160, 288)  # padded, partitioned windows in stage 0
     with torch.no_grad():
@@ -127,7 +127,6 @@ def test_export_trace_and_onnx(tmp_path: Path) -> None:
         assert rel_err(traced(x), ref) <= TOL
         eval_model = randomize_damped_(edgezoo.create_model("ez_efficientvit_m0")).eval()  # unfused, eval
         assert rel_err(torch.export.export(eval_model, (x,)).module()(x), eval_model(x)) <= TOL
-    onnx_ok(model, x, ref, tmp_path, ort)
 
 
 @pytest.mark.slow

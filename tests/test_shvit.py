@@ -106,8 +106,8 @@ def test_shsa_fuse_folds_norm_and_scale() -> None:
         assert rel_err(fused(x), block(x)) <= TOL
 
 
-def test_export_trace_and_onnx(tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime")
+def test_export_and_trace_at_a_non_square_size() -> None:
+    """torch.export and jit.trace; ONNX at non-square sizes: tests/test_export_onnx.py."""
     model = edgezoo.fuse(randomize_damped_(edgezoo.create_model("ez_shvit_s1")))
     x = torch.randn(1, 3, 160, 224)
     with torch.no_grad():
@@ -116,7 +116,6 @@ def test_export_trace_and_onnx(tmp_path: Path) -> None:
         assert rel_err(exported.module()(x), ref) <= TOL
         traced = torch.jit.trace(model, x)
         assert rel_err(traced(x), ref) <= TOL
-    onnx_ok(model, x, ref, tmp_path, ort)
 
 
 def onnx_ok(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, tmp_path: Path, ort) -> None:

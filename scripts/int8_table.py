@@ -1,0 +1,121 @@
+"""Train a few models briefly on digits, export them int8, and write the README's int8 table.
+
+    python scripts/int8_table.py --json results/int8.json --write README.md    # make int8-table
+
+Each row: a model trained on digits (`edgezoo.train.train_digits`, seeded), exported by
+`edgezoo.export.export` to ONNX int8 with each QDQ placement and to ExecuTorch int8; the cells are
+top-1 agreement with fp32 on every held-out digits image, as the gate computes it (ONNX:
+reference QDQ semantics / onnxruntime's fused kernels on this CPU), and the size against fp32.
+Trained checkpoints are kept under ``--work`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- int8-table:start -->", "<!-- int8-table:end -->"
+
+#: (model, epochs, image size): one CNN-attention model, three ViT families, FocalNet.
+ROWS = [
+    ("ez_resnet18_eca", 3, 32),
+    ("ez_focalnet_edge_xs", 3, 32),
+    ("ez_shvit_s1", 3, 48),
+    ("ez_efficientvit_m0", 8, 48),
+    ("ez_efficientvit_b0", 3, 48),
+]
+CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {})]
+
+
+def _train(name: str, epochs: int, size: int, work: Path) -> tuple[str, float]:
+    from edgezoo.train import train_digits
+
+    folder = work / f"{name}-{size}px-{epochs}ep"
+    done = folder / "result.json"
+    if not done.is_file():
+        final = train_digits(name, epochs=epochs, img_size=size, output=str(folder), run__progress=False)
+        top1 = max(final["val_top1"], final.get("ema_val_top1", 0.0))
+        done.write_text(json.dumps({"checkpoint": str(final["checkpoint"]), "top1": top1}))
+    result = json.loads(done.read_text())
+    return result["checkpoint"], result["top1"]
+
+
+def _cell(ckpt: str, fmt: str, options: dict[str, Any], out: Path, fp32_size: dict[str, int]) -> dict[str, Any]:
+    from edgezoo.export import export
+
+    if fmt not in fp32_size:
+        fp32_size[fmt] = export(ckpt, fmt, out / "fp32").size_bytes or 0
+    res = export(ckpt, fmt, out, int8=True, calib="digits", **options)
+    p = res.parity
+    return {"format": fmt, "options": options, "status": res.status, "agreement": p.get("top1_agreement"),
+            "kernels": p.get("top1_agreement_ort_cpu_kernels"), "flips": p.get("top1_flips"),
+            "decisive": p.get("decisive_flips"), "images": p.get("images"), "size": res.size_bytes,
+            "fp32_size": fp32_size[fmt], "seconds": round(res.seconds, 1), "error": res.error}
+
+
+def _fmt(c: dict[str, Any]) -> str:
+    if c["status"] == "failed" and c["agreement"] is None:
+        return f"failed: {c['error']}"
+    text = f"{c['agreement']:.1%}"
+    if c["kernels"] is not None:
+        text += f" / {c['kernels']:.1%}"
+    text += f" ({c['flips']} flips, {c['decisive']} decisive)"
+    if c["size"] and c["fp32_size"]:
+        text += f", {c['size'] / c['fp32_size']:.2f}x size"
+    return text
+
+
+def markdown(rows: list[dict[str, Any]], machine: str) -> str:
+    head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK"]
+    lines = [f"| {' | '.join(head)} |", f"|{'---|' * len(head)}"]
+    for r in rows:
+        cells = [_fmt(c) for c in r["cells"]]
+        row = f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)"
+        lines.append(f"| {row} | {' | '.join(cells)} |")
+    images = {c["images"] for r in rows for c in r["cells"] if c.get("images")}
+    lines.append("")
+    lines.append(f"Top-1 agreement with fp32 on {', '.join(map(str, sorted(images)))} held-out digits (ONNX: "
+                 f"reference QDQ semantics / onnxruntime's int8 kernels on this CPU); `make int8-table` on {machine}.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=Path("results/int8.json"))
+    parser.add_argument("--work", type=Path, default=Path("runs/int8-table"))
+    parser.add_argument("--write", type=Path, metavar="README")
+    parser.add_argument("--models", help="comma-separated subset of the rows")
+    args = parser.parse_args()
+    from edgezoo.export.matrix import machine as describe
+    from edgezoo.export.onnx import cpu_has_vnni
+
+    machine = f"{describe()}, VNNI {cpu_has_vnni()}, {time.strftime('%Y-%m-%d')}"
+    wanted = set(args.models.split(",")) if args.models else None
+    rows = []
+    for name, epochs, size in ROWS:
+        if wanted and name not in wanted:
+            continue
+        ckpt, top1 = _train(name, epochs, size, args.work)
+        out = args.work / "exported" / name
+        fp32_size: dict[str, int] = {}
+        cells = [_cell(ckpt, fmt, opts, out, fp32_size) for fmt, opts in CELLS]
+        rows.append({"model": name, "epochs": epochs, "img_size": size, "top1": top1, "cells": cells})
+        print(f"{name}: " + " | ".join(_fmt(c) for c in cells), flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    table = markdown(rows, machine)
+    if args.write:
+        from _readme import splice
+
+        args.write.write_text(splice(args.write.read_text(), table, START, END))
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
