@@ -131,16 +131,21 @@ class CascadedGroupAttention(nn.Module):
         if ws == H and ws == W and not torch.compiler.is_exporting():
             y = heads(x, bias)
         else:
-            # Branch-free windowing (zero padding is a no-op), so an export with symbolic height and
-            # width stays valid for every size; one window of the whole map equals the direct path.
+            # Branch-free windowing when the size is symbolic (an export with dynamic height and width
+            # stays valid for every size: zero padding is a no-op); with concrete sizes the no-op pad
+            # and crop are skipped (they become `alias` nodes that coremltools cannot convert).
             pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
-            x = F.pad(x, (0, pad_r, 0, pad_b))
+            symbolic = not (isinstance(pad_b, int) and isinstance(pad_r, int))
+            padded = symbolic or pad_b > 0 or pad_r > 0
+            if padded:
+                x = F.pad(x, (0, pad_r, 0, pad_b))
             nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
             x = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
             y = heads(x, bias)
             cv = y.shape[1]
             y = y.view(B, nh, nw, cv, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, cv, nh * ws, nw * ws)
-            y = y[:, :, :H, :W]
+            if padded:
+                y = y[:, :, :H, :W]
         return self.proj(self.act(y))
 
     # --- deploy form ---------------------------------------------------------------------

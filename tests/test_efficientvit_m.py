@@ -138,3 +138,12 @@ def test_onnx_every_variant(variant: str, tmp_path: Path) -> None:
     with torch.no_grad():
         ref = model(x)
     onnx_ok(model, x, ref, tmp_path, ort)
+
+
+def test_export_at_a_window_multiple_has_no_alias_nodes() -> None:
+    """At 224 px every stage is a whole number of windows: the exported graph must not carry the
+    no-op pad/crop as `alias` nodes, which coremltools cannot convert."""
+    model = edgezoo.fuse(edgezoo.create_model("ez_efficientvit_m0")).eval()
+    program = torch.export.export(model, (torch.randn(1, 3, 224, 224),)).run_decompositions({})
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("alias" in t for t in targets), sorted(t for t in targets if "alias" in t)
