@@ -60,7 +60,7 @@ def _cell(ckpt: str, fmt: str, options: dict[str, Any], out: Path, fp32_size: di
 def _fmt(c: dict[str, Any]) -> str:
     if c["status"] == "failed" and c["agreement"] is None:
         return f"failed: {c['error']}"
-    text = f"{c['agreement']:.1%}"
+    text = ("failed gate: " if c["status"] == "failed" else "") + f"{c['agreement']:.1%}"
     if c["kernels"] is not None:
         text += f" / {c['kernels']:.1%}"
     text += f" ({c['flips']} flips, {c['decisive']} decisive)"
@@ -89,7 +89,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/int8-table"))
     parser.add_argument("--write", type=Path, metavar="README")
     parser.add_argument("--models", help="comma-separated subset of the rows")
+    parser.add_argument("--render", action="store_true", help="only re-render the table from --json")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.json.read_text())
+        return _write(markdown(saved["rows"], saved["machine"]), args.write)
     from edgezoo.export.matrix import machine as describe
     from edgezoo.export.onnx import cpu_has_vnni
 
@@ -107,11 +111,14 @@ def main() -> int:
         print(f"{name}: " + " | ".join(_fmt(c) for c in cells), flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    table = markdown(rows, machine)
-    if args.write:
+    return _write(markdown(rows, machine), args.write)
+
+
+def _write(table: str, readme: Path | None) -> int:
+    if readme:
         from _readme import splice
 
-        args.write.write_text(splice(args.write.read_text(), table, START, END))
+        readme.write_text(splice(readme.read_text(), table, START, END))
     else:
         print(table)
     return 0
