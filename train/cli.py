@@ -14,7 +14,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(
         args.config, model=args.model, data=args.data, overrides=args.set or (),
         sched__epochs=args.epochs, data__img_size=args.img_size, data__batch_size=args.batch_size,
-        run__output=args.output,
+        run__output=args.output, run__save_every=args.save_every,
     )
     if args.print_config:
         print(cfg.to_yaml(), end="")
@@ -22,8 +22,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.path:
         from edgezoo.errors import ConfigError
 
-        raise ConfigError("no dataset given: pass --data digits or --data PATH (an ImageFolder root with train/ "
-                          "and val/)")
+        raise ConfigError("no dataset given: pass --data digits, --data PATH (an ImageFolder root with train/ "
+                          "and val/), --data wds/SHARDS_DIR or --data hfds/NAME")
     from edgezoo.train.engine import run
 
     run(cfg, resume=args.resume)
@@ -52,16 +52,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train or fine-tune a model with the shared recipe (configs/)",
         description="Resolve the recipe (configs/base.yaml -> family -> model [-> digits.yaml] -> CONFIG -> flags "
-                    "-> --set) and train. Under torchrun every process runs this command.",
+                    "-> --set) and train. Under torchrun every process runs this command. SIGTERM writes "
+                    "OUTPUT/last.pth and exits 0; the same command with --resume continues.",
     )
     p.add_argument("config", nargs="?", help="a YAML recipe layered on top of the model's own")
     p.add_argument("--model", help="model name (edgezoo or timm); alone it picks the model's recipe")
-    p.add_argument("--data", help="'digits' (built in) or an ImageFolder root with train/ and val/")
+    p.add_argument("--data", help="'digits' (built in), an ImageFolder root with train/ and val/, wds/SHARDS_DIR "
+                                  "(WebDataset shards + _info.json) or hfds/NAME (a Hugging Face dataset)")
     p.add_argument("--epochs", type=int, help="sched.epochs")
     p.add_argument("--img-size", type=int, help="data.img_size")
     p.add_argument("--batch-size", type=int, help="data.batch_size (per process)")
     p.add_argument("--output", help="run.output (default runs/<model>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue OUTPUT/last.pth exactly")
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUTPUT/last.pth exactly (also mid-epoch); start afresh if OUTPUT has no checkpoint "
+                        "yet; exit 0 if its run is finished")
+    p.add_argument("--save-every", type=float, metavar="MIN",
+                   help="run.save_every: minutes between mid-epoch checkpoints (0 = epoch ends only; SIGTERM "
+                        "always writes one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.lr=1e-3")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.set_defaults(func=cmd_train)

@@ -59,9 +59,16 @@ class ModelCfg:
 
 @dataclass
 class DataCfg:
-    """Dataset and loader; ``path`` is ``digits`` or an ImageFolder root holding train/ and val/."""
+    """Dataset and loader.
+
+    ``path`` is ``digits``, an ImageFolder root holding train/ and val/, ``wds/DIR`` (WebDataset
+    shards with an ``_info.json``), or ``hfds/NAME`` / ``hfids/NAME`` (a Hugging Face dataset,
+    map-style / streaming); the last three go through timm's ``create_dataset``.
+    """
 
     path: str = ""
+    root: str | None = None  # hfds/hfids: the datasets cache folder (None = the datasets default)
+    num_classes: int | None = None  # streams only, when _info.json names no classes
     img_size: int | None = None  # None = the model's pretrained_cfg input size
     batch_size: int = 128  # per process
     workers: int = 4
@@ -155,6 +162,8 @@ class RunCfg:
     channels_last: bool = False
     compile: bool = False
     seed: int = 42
+    save_every: float = 0.0  # minutes between mid-epoch checkpoints (last.pth); 0 = at epoch ends only
+    save_every_steps: int = 0  # also every N optimizer updates (deterministic; for tests and slow steps)
     threads: int = 0  # CPU threads per process; 0 = torch's default (under torchrun: OMP_NUM_THREADS)
     progress: bool = True
 
@@ -416,6 +425,9 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.run.threads >= 0, "run.threads must be >= 0"),
+        (cfg.run.save_every >= 0, "run.save_every must be >= 0 minutes (0 = only at epoch ends)"),
+        (cfg.run.save_every_steps >= 0, "run.save_every_steps must be >= 0 (0 = off)"),
+        (cfg.data.num_classes is None or cfg.data.num_classes >= 1, "data.num_classes must be >= 1"),
         (cfg.data.img_size is None or cfg.data.img_size >= 8, "data.img_size must be >= 8"),
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
         (cfg.sched.epochs >= 1, "sched.epochs must be >= 1"),

@@ -5,7 +5,8 @@ metrics. It uses timm's maintained pieces (create_optimizer_v2, create_scheduler
 ModelEmaV3, Mixup, the cross-entropies, create_transform, the folder reader) and adds the
 engine around them: AMP (bf16/fp16), channels_last, gradient clipping and accumulation,
 torch.compile, DDP under ``torchrun``, per-epoch ``metrics.jsonl`` + curves PNG, atomic
-``last.pth``/``best.pth`` every epoch, exact ``--resume``, and a clean stop on a NaN/inf loss.
+``last.pth``/``best.pth`` every epoch, mid-epoch ``last.pth`` every ``run.save_every`` minutes and
+on SIGTERM, exact ``--resume`` (also from the middle of an epoch), and a clean stop on a NaN/inf loss.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from torch import nn
 from edgezoo.errors import ConfigError, EdgezooError
 from edgezoo.train.config import TrainConfig
 from edgezoo.train.distributed import DistContext, all_gather_objects, all_reduce_sum, setup, teardown
+from edgezoo.train.preempt import Preemption
+from edgezoo.train.resume import ResumePlan, final_metrics, plan_resume
 
 __all__ = ["TrainingDivergedError", "create_train_model", "evaluate", "output_dir", "run"]
 
@@ -127,7 +130,8 @@ def _autocast(device: torch.device, amp: str):
 class Trainer:
     """Everything one run needs; :meth:`fit` trains to ``sched.epochs`` and returns the final metrics."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool | ResumePlan | None = False,
+                 preempt: Preemption | None = None) -> None:
         from timm.data import Mixup
         from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
@@ -140,7 +144,9 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.out = output_dir(cfg)
         self.last_path, self.best_path = self.out / "last.pth", self.out / "best.pth"
-        if not resume and self.last_path.exists():
+        plan = plan_resume(cfg, self.out) if resume is True else resume or None
+        self.preempt = preempt or Preemption(cfg.run.save_every)
+        if plan is None and self.last_path.exists():
             raise ConfigError(f"{self.out} already holds a run (last.pth): pass --resume to continue it, or "
                               f"--output DIR to start a new one")
         if cfg.run.threads:
@@ -196,7 +202,7 @@ class Trainer:
                                                  momentum=o.momentum, layer_decay=o.layer_decay, **extra)
         except (ValueError, AssertionError, KeyError, TypeError) as err:
             raise ConfigError(f"optim.opt={o.opt!r} is not a timm optimizer, or takes other options ({err})") from err
-        self.updates_per_epoch = math.ceil(len(self.data.train) / o.accum_steps)
+        self.updates_per_epoch = math.ceil(self.data.steps_per_epoch / o.accum_steps)
         s = cfg.sched
         try:
             self.scheduler, self.epochs = create_scheduler_v2(
@@ -211,8 +217,9 @@ class Trainer:
         self.start_epoch, self.num_updates = 0, 0
         self.best_top1, self.best_epoch = -1.0, 0
         self.history: list[dict[str, Any]] = []
-        if resume:
-            self._resume()
+        self.position: dict[str, Any] | None = None  # where in its epoch a mid-epoch checkpoint stopped
+        if plan is not None and plan.state is not None:
+            self._resume(plan.state)
         elif ctx.is_main:
             (self.out / "config.yaml").write_text(cfg.to_yaml())
             (self.out / "metrics.jsonl").write_text("")
@@ -228,7 +235,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": len(self.history),
+            "epoch": len(self.history),  # completed epochs
+            "epochs": self.epochs,
+            "position": None,  # mid-epoch: step, consumed samples, partial loss sums, elapsed seconds
             "num_updates": self.num_updates,
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
@@ -245,14 +254,10 @@ class Trainer:
             state["model_ema"] = self.ema.module.state_dict()
         return state
 
-    def _resume(self) -> None:
-        from edgezoo.errors import CheckpointError
+    def _resume(self, state: dict[str, Any]) -> None:
         from edgezoo.train.report import write_metrics
-        from edgezoo.train.state import load_training_state, set_rng_state
+        from edgezoo.train.state import set_rng_state
 
-        state = load_training_state(self.last_path)
-        if state.get("arch") != self.cfg.model.name:
-            raise CheckpointError(f"--resume: {self.last_path} trains {state.get('arch')}, not {self.cfg.model.name}")
         self.raw.load_state_dict(state["model"])
         if self.ema is not None and "model_ema" in state:
             self.ema.module.load_state_dict(state["model_ema"])
@@ -262,6 +267,7 @@ class Trainer:
         self.start_epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
         self.history = list(state["history"])
+        self.position = state.get("position")
         rngs = state.get("rng") or []
         if len(rngs) == self.ctx.world:
             set_rng_state(rngs[self.ctx.rank])
@@ -270,25 +276,57 @@ class Trainer:
                   flush=True)
         if self.ctx.is_main:
             write_metrics(self.out / "metrics.jsonl", self.history)
-            print(f"resumed {self.last_path} at epoch {self.start_epoch}/{self.epochs}", flush=True)
+            where = (f"in epoch {self.start_epoch + 1}/{self.epochs} after step {self.position['step']}"
+                     if self.position else f"at epoch {self.start_epoch}/{self.epochs}")
+            print(f"resumed {self.last_path} {where}", flush=True)
 
-    def _save(self, improved: bool) -> None:
+    def _save(self, improved: bool, position: dict[str, Any] | None = None,
+              partial: dict[str, Any] | None = None) -> None:
+        """Write last.pth (and best.pth when ``improved``); mid-epoch, ``position`` says where, ``partial``
+        holds this process's running loss sum and sample count."""
         from edgezoo.train.state import get_rng_state, save_training_state
 
-        rng = all_gather_objects(self.ctx, get_rng_state())
+        gathered = all_gather_objects(self.ctx, (get_rng_state(), partial))
         if not self.ctx.is_main:
             return
-        state = self._state(rng)
+        state = self._state([rng for rng, _ in gathered])
+        if position is not None:
+            state["position"] = {**position, "loss_sum": [p["loss_sum"] for _, p in gathered],
+                                 "seen": [p["seen"] for _, p in gathered]}
         save_training_state(self.last_path, state)
         if improved:
             save_training_state(self.best_path, state)
 
+    def _save_position(self, epoch: int, step: int, loss_sum: torch.Tensor, seen: int, elapsed: float) -> None:
+        """A mid-epoch last.pth: ``step`` batches of epoch ``epoch`` (0-based) are done."""
+        consumed = step * self.cfg.data.batch_size * self.ctx.world
+        self._save(False, position={"step": step, "consumed": consumed, "elapsed": elapsed},
+                   partial={"loss_sum": float(loss_sum.item()), "seen": seen})
+        self.preempt.saved()
+
+    def _partial_sums(self, position: dict[str, Any] | None) -> tuple[torch.Tensor, int]:
+        """This process's running loss sum and count restored from a mid-epoch checkpoint.
+
+        With another number of processes than the checkpoint's, process 0 carries the whole sum.
+        """
+        sums, seen = [0.0], [0]
+        if position is not None:
+            sums, seen = list(position["loss_sum"]), list(position["seen"])
+        if len(sums) == self.ctx.world:
+            mine, count = sums[self.ctx.rank], seen[self.ctx.rank]
+        else:
+            mine, count = (sum(sums), sum(seen)) if self.ctx.is_main else (0.0, 0)
+        return torch.tensor(mine, dtype=torch.float64), int(count)
+
     # -- one epoch ------------------------------------------------------------------------------
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0], dtype=torch.float64)
-        if all_reduce_sum(self.ctx, bad).item() == 0:
-            return
+    def _sync_flags(self, loss: torch.Tensor, epoch: int, step: int) -> tuple[bool, bool]:
+        """One all-reduce per step: stop on a NaN/inf loss anywhere; agree on (save now, SIGTERM seen)."""
+        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0, float(self.preempt.save_due()),
+                              float(self.preempt.requested)], dtype=torch.float64)
+        flags = all_reduce_sum(self.ctx, flags)
+        if flags[0].item() == 0:
+            return flags[1].item() > 0, flags[2].item() > 0
         kept = (f"the last good checkpoint {self.last_path} (epoch {len(self.history)}) is intact"
                 if self.history else "no checkpoint was written yet")
         raise TrainingDivergedError(
@@ -296,18 +334,26 @@ class Trainer:
             f"Lower optim.lr, set optim.clip_grad, or use run.amp=bf16 instead of fp16"
         )
 
-    def train_one_epoch(self, epoch: int) -> float:
+    def train_one_epoch(self, epoch: int, t0: float | None = None) -> float | None:
+        """The epoch's mean training loss; None when SIGTERM stopped it (after writing a mid-epoch last.pth).
+
+        A run resumed from a mid-epoch checkpoint starts at its step, with its running loss sums.
+        ``t0`` is the epoch's start on ``time.perf_counter`` (earlier when resumed part-way).
+        """
         from tqdm import tqdm
 
-        cfg, ctx, loader = self.cfg, self.ctx, self.data.train
+        cfg, ctx = self.cfg, self.ctx
+        t0 = time.perf_counter() if t0 is None else t0
         self.train_net.train()
-        loader.sampler.set_epoch(epoch)
-        accum = cfg.optim.accum_steps
-        steps = len(loader)
-        loss_sum, seen = torch.zeros((), dtype=torch.float64), 0
-        bar = tqdm(total=steps * cfg.data.batch_size * ctx.world, unit="img", unit_scale=True, leave=False,
-                   desc=f"epoch {epoch + 1}/{self.epochs}", disable=None if cfg.run.progress and ctx.is_main else True)
-        for step, (x, y) in enumerate(loader):
+        position, self.position = self.position, None
+        loss_sum, seen = self._partial_sums(position)
+        skip = int(position["consumed"]) // ctx.world if position else 0
+        first, batches = self.data.epoch_batches(epoch, skip)
+        accum, steps, batch = cfg.optim.accum_steps, self.data.steps_per_epoch, cfg.data.batch_size
+        bar = tqdm(total=steps * batch * ctx.world, initial=first * batch * ctx.world, unit="img", unit_scale=True,
+                   leave=False, desc=f"epoch {epoch + 1}/{self.epochs}",
+                   disable=None if cfg.run.progress and ctx.is_main else True)
+        for step, (x, y) in enumerate(batches, start=first):
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             if self.mixup is not None:
                 x, y = self.mixup(x, y)
@@ -320,7 +366,7 @@ class Trainer:
             with sync:
                 with _autocast(ctx.device, cfg.run.amp):
                     loss = self.criterion(x, self.train_net(x), y)
-                self._check_finite(loss, epoch, step)
+                save_due, stop = self._sync_flags(loss, epoch, step)
                 self.scaler.scale(loss / accum).backward()
             if update:
                 self._step()
@@ -328,6 +374,12 @@ class Trainer:
             seen += x.size(0)
             bar.update(x.size(0) * ctx.world)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self._lr():.2e}", refresh=False)
+            every = cfg.run.save_every_steps
+            if update and step + 1 < steps and (stop or save_due or (every and self.num_updates % every == 0)):
+                self._save_position(epoch, step + 1, loss_sum, seen, time.perf_counter() - t0)
+                if stop:
+                    bar.close()
+                    return None
         bar.close()
         totals = all_reduce_sum(ctx, torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64)]))
         return (totals[0] / totals[1].clamp_min(1)).item()
@@ -370,13 +422,15 @@ class Trainer:
         ctx = self.ctx
         if ctx.is_main:
             where = f"{ctx.world} processes on {ctx.device.type}" if ctx.distributed else str(ctx.device)
-            print(f"training {self.cfg.model.name} on {self.cfg.data.path} ({len(self.data.train.dataset)} train / "
-                  f"{len(self.data.val.dataset)} val images, {self.num_classes} classes, {self.dcfg['img_size']}px) "
+            print(f"training {self.cfg.model.name} on {self.cfg.data.path} ({self.data.train_images} train / "
+                  f"{self.data.val_images} val images, {self.num_classes} classes, {self.dcfg['img_size']}px) "
                   f"for {self.epochs} epochs: {where}, global batch {self.global_batch}, lr {self.lr:.3g}; "
                   f"output {self.out}", flush=True)
         for epoch in range(self.start_epoch, self.epochs):
-            t0 = time.perf_counter()
-            train_loss = self.train_one_epoch(epoch)
+            t0 = time.perf_counter() - float((self.position or {}).get("elapsed", 0.0))
+            train_loss = self.train_one_epoch(epoch, t0)
+            if train_loss is None:
+                return self._stopped()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
             row.update(self.validate())
             row["lr"] = self._lr()
@@ -395,6 +449,8 @@ class Trainer:
                 print(f"epoch {epoch + 1:3d}/{self.epochs}  train loss {train_loss:.4f}  val loss {row['val_loss']:.4f}"
                       f"  top-1 {row['val_top1']:6.2f}  top-5 {row['val_top5']:6.2f}{ema}  lr {row['lr']:.2e}  "
                       f"{row['epoch_time']:.1f}s", flush=True)
+            if epoch + 1 < self.epochs and self._stop_agreed():
+                return self._stopped()
         final = dict(self.history[-1]) if self.history else {}
         final.update(best_top1=self.best_top1, best_epoch=self.best_epoch, output=str(self.out),
                      checkpoint=str(self.best_path))
@@ -404,15 +460,45 @@ class Trainer:
         return final
 
 
+    def _stop_agreed(self) -> bool:
+        """Whether any process received SIGTERM (checked at epoch ends, after the checkpoint)."""
+        flag = torch.tensor([float(self.preempt.requested)], dtype=torch.float64)
+        return all_reduce_sum(self.ctx, flag).item() > 0
+
+    def _stopped(self) -> dict[str, Any]:
+        if self.ctx.is_main:
+            print(f"SIGTERM: stopped cleanly; {self.last_path} holds the run ({len(self.history)}/{self.epochs} "
+                  f"epochs done); run the same command with --resume to continue", flush=True)
+        return {"stopped": True, "epoch": len(self.history), "output": str(self.out),
+                "checkpoint": str(self.last_path), "best_top1": self.best_top1, "best_epoch": self.best_epoch}
+
+
 def run(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` (see :func:`edgezoo.train.resolve_config`); return the final epoch's metrics.
 
     The result holds ``epoch``, ``train_loss``, ``val_loss``, ``val_top1``, ``val_top5``, ``lr``,
     ``epoch_time`` (and ``ema_val_*`` with EMA), plus ``best_top1``, ``best_epoch``, ``output``
     and ``checkpoint``. Under ``torchrun`` every process calls it and joins the process group.
+
+    With ``resume``: an OUTPUT without a checkpoint starts from scratch, a finished run returns its
+    final metrics (with ``finished``) without training, and a different recipe is a ConfigError.
+    A SIGTERM writes ``last.pth`` after the next optimizer update and returns ``{"stopped": True, ...}``.
     """
     ctx = setup(cfg.run.device)
     try:
-        return Trainer(cfg, ctx, resume=resume).fit()
+        plan = None
+        if resume:
+            out = output_dir(cfg)
+            plan = plan_resume(cfg, out)
+            if plan.kind == "finished" and plan.state is not None:
+                final = final_metrics(plan.state, out)
+                if ctx.is_main:
+                    print(f"{out}: this run is finished ({plan.state['epoch']} epochs, best top-1 "
+                          f"{final['best_top1']:.2f} at epoch {final['best_epoch']}); nothing to resume", flush=True)
+                return final
+            for note in plan.notes if ctx.is_main else ():
+                print(note, flush=True)
+        with Preemption(cfg.run.save_every) as preempt:
+            return Trainer(cfg, ctx, resume=plan, preempt=preempt).fit()
     finally:
         teardown(ctx)
