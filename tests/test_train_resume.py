@@ -1,0 +1,156 @@
+"""Preemption: kills in the middle of an epoch, SIGTERM, and what ``--resume`` does with any folder.
+
+Every resumed run is compared with one uninterrupted run of the same recipe: on CPU in fp32 the
+metrics of every epoch and the final weights must be bit-identical.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgezoo.errors import ConfigError
+from edgezoo.train import resolve_config, run
+from edgezoo.train.resume import plan_resume
+from tests.train_helpers import ENV, TINY, edgezoo_cmd, load_last, rows, wait_for_checkpoint, without_time
+
+EPOCHS = 2
+STEPS = 1437 // 32  # digits train images / batch 32 (drop_last)
+ARGV = ("--model", TINY, "--data", "digits", "--img-size", "32", "--epochs", str(EPOCHS), "--set", "run.threads=1",
+        "--set", "run.progress=false")
+
+
+def tiny(out: Path, epochs: int = EPOCHS, *sets: str):
+    return resolve_config(model=TINY, data="digits", sched__epochs=epochs, data__img_size=32, run__output=str(out),
+                          overrides=["run.progress=false", "run.threads=1", *sets])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The uninterrupted run: its metrics rows and final weights."""
+    out = tmp_path_factory.mktemp("straight")
+    run(tiny(out))
+    return without_time(rows(out)), load_last(out)["model"]
+
+
+def _assert_same_run(out: Path, straight: tuple[list[dict], dict[str, torch.Tensor]]) -> None:
+    expected_rows, expected_weights = straight
+    assert without_time(rows(out)) == expected_rows  # bit-identical losses and accuracies, every epoch
+    weights = load_last(out)["model"]
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, straight):
+    """SIGKILL right after a mid-epoch checkpoint of epoch 1; every checkpoint loads at every moment."""
+    out = tmp_path / "kill"
+    argv = ["train", *ARGV, "--output", str(out), "--set", "run.save_every_steps=7"]
+    bad, stop = [], threading.Event()
+
+    def watch():  # a torn or partial file would fail to load
+        while not stop.is_set():
+            try:
+                load_last(out)
+            except Exception as err:
+                bad.append(f"{type(err).__name__}: {err}")
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.Popen(edgezoo_cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=ENV)
+        state = wait_for_checkpoint(out, proc, lambda s: s["position"] is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed = load_last(out)
+        assert state["epoch"] == 0 and 0 < state["position"]["step"] < STEPS and state["num_updates"] % 7 == 0
+        assert killed["epoch"] == 0 and killed["position"] is not None and rows(out) == []  # died inside epoch 1
+        done = subprocess.run(edgezoo_cmd(*argv, "--resume"), capture_output=True, text=True, env=ENV, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        stop.set()
+        watcher.join()
+    assert not bad, bad
+    assert f"in epoch 1/{EPOCHS} after step {killed['position']['step']}" in done.stdout
+    _assert_same_run(out, straight)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path, straight):
+    out = tmp_path / "term"
+    argv = ["train", *ARGV, "--output", str(out)]
+    proc = subprocess.Popen(edgezoo_cmd(*argv, "--set", "run.save_every_steps=11"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    first = wait_for_checkpoint(out, proc, lambda s: s["position"] is not None)  # training is under way
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "SIGTERM: stopped cleanly" in stdout
+    state = load_last(out)
+    assert (state["epoch"], state["position"]["step"]) > (first["epoch"], first["position"]["step"])
+    assert len(rows(out)) == state["epoch"] < EPOCHS
+    done = subprocess.run(edgezoo_cmd(*argv, "--resume"), capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _assert_same_run(out, straight)
+
+
+def test_resume_on_empty_finished_and_other_recipe_folders(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "r"
+    first = run(tiny(out, 1), resume=True)  # the job script always passes --resume: a new folder trains
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"resume: no checkpoint in {out} yet; starting from scratch"
+    assert first["epoch"] == 1 and len(rows(out)) == 1
+    stamp = (out / "last.pth").stat().st_mtime_ns
+    cli = ["train", "--model", TINY, "--data", "digits", "--img-size", "32", "--epochs", "1", "--output", str(out),
+           "--resume"]
+    done = subprocess.Popen(edgezoo_cmd(*cli), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    other = subprocess.Popen(edgezoo_cmd(*cli, "--set", "optim.lr=0.01", "--batch-size", "16"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    stdout, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr[-2000:]
+    assert stdout.strip().endswith("nothing to resume") and "finished (1 epochs" in stdout
+    assert (out / "last.pth").stat().st_mtime_ns == stamp and len(rows(out)) == 1  # nothing trained
+    _, stderr = other.communicate(timeout=300)
+    lines = stderr.strip().splitlines()
+    assert other.returncode == 2 and len(lines) == 1, stderr
+    assert "holds a run of a different recipe" in lines[0] and "data.batch_size (32 there, 16 now)" in lines[0]
+    assert "optim.lr (None there, 0.01 now)" in lines[0] and "--output DIR" in lines[0]
+
+    # A run killed before its first checkpoint leaves only config.yaml: the same recipe starts afresh ...
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.yaml").write_text(tiny(early, 1).to_yaml())
+    assert plan_resume(tiny(early, 1, "data.workers=2"), early).kind == "fresh"  # runtime keys may change
+    # ... and another recipe is refused before anything is written.
+    with pytest.raises(ConfigError, match=r"config\.yaml holds a run of a different recipe: sched\.epochs \(1 there, "
+                                          r"3 now\)\. Pass"):
+        run(tiny(early, 3), resume=True)
+    assert sorted(p.name for p in early.iterdir()) == ["config.yaml"]
+
+
+def test_data_order_and_augmentation_resume_anywhere():
+    """Each sample's augmentation depends on (seed, epoch, index) only: not on workers, skips or the caller's RNG."""
+    from edgezoo.train.data import build_data, resolve_data_cfg
+    from edgezoo.train.engine import create_train_model
+
+    cfg = tiny(Path("unused"), 1, "aug.auto_augment=rand-m9-mstd0.5-inc1", "aug.reprob=0.5", "aug.color_jitter=0.4")
+
+    def batches(workers: int, skip: int, count: int) -> list[torch.Tensor]:
+        cfg.data.workers = workers
+        data = build_data(cfg, resolve_data_cfg(cfg, create_train_model(cfg, meta=True)))
+        first, it = data.epoch_batches(3, skip)
+        assert first == skip // cfg.data.batch_size
+        return [next(it)[0] for _ in range(count)]
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    whole = batches(0, 0, 4)
+    assert torch.equal(torch.get_rng_state(), before)  # the training loop's generator is untouched
+    assert all(torch.equal(a, b) for a, b in zip(whole[2:], batches(2, 64, 2), strict=True))
+    assert not torch.equal(whole[0], whole[1])

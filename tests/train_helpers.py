@@ -1,0 +1,64 @@
+"""Helpers shared by the training tests: the CLI command, metrics rows, checkpoint polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY = "test_resnet"  # timm's tiny ResNet: the engine tests need a fast model, not an edgezoo one
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # pytest -n 2: one core per worker
+
+
+def edgezoo_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgezoo.cli", *args]
+
+
+def torchrun_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def rows(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def without_time(records: list[dict]) -> list[dict]:
+    """Metrics rows without the wall-clock field, which no two runs share."""
+    return [{k: v for k, v in r.items() if k != "epoch_time"} for r in records]
+
+
+def load_last(out: Path) -> dict[str, Any] | None:
+    """OUTPUT/last.pth, or None while it does not exist."""
+    try:
+        return torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+
+
+def wait_for_checkpoint(out: Path, proc: subprocess.Popen, ok: Any, timeout: float = 300) -> dict[str, Any]:
+    """Poll OUTPUT/last.pth until ``ok(state)``; fail if the process ends or time runs out first."""
+    deadline, seen = time.time() + timeout, 0.0
+    while time.time() < deadline and proc.poll() is None:
+        path = out / "last.pth"
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        if mtime != seen:
+            seen = mtime
+            state = load_last(out)
+            if state is not None and ok(state):
+                return state
+        time.sleep(0.05)
+    raise AssertionError(f"no matching checkpoint in {out} (process exit code {proc.poll()})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
