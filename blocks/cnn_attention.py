@@ -29,22 +29,30 @@ from timm.layers import make_divisible
 from torch import nn
 
 from edgezoo.blocks.conv_bn import ConvBN
+from edgezoo.errors import InvalidArgumentError
 
 __all__ = ["ATTENTIONS", "CBAM", "ECA", "ELA", "CoordAttention", "SqueezeExcite", "TripletAttention", "create_attn"]
 
-def _reduced(channels: int, reduction: float, divisor: int) -> int:
-    """Hidden width of a bottleneck MLP: ``channels / reduction`` rounded to ``divisor``."""
+def _reduced(channels: int, reduction: float, divisor: int | None) -> int:
+    """Hidden width of a bottleneck MLP.
+
+    ``divisor=None``: ``channels // reduction``, the papers' width (SENet, CBAM and their
+    official code). ``divisor=8``: ``channels / reduction`` rounded to a multiple of 8, timm's
+    ``seresnet*`` width, used only to load checkpoints of timm's layouts.
+    """
+    if divisor is None:
+        return max(1, int(channels // reduction))
     return make_divisible(channels / reduction, divisor, round_limit=0.0)
 
 
 class SqueezeExcite(nn.Module):
     """SE (Hu et al., CVPR 2018): global average pool -> FC-ReLU-FC -> sigmoid channel gate.
 
-    FCs are 1x1 convs with bias; the hidden width is ``channels / reduction`` rounded up to a
-    multiple of ``divisor`` (8 keeps hardware-friendly widths and matches timm's SE-ResNets).
+    FCs are 1x1 convs with bias; the hidden width is the paper's ``channels // reduction``
+    (``divisor=8``: timm's rounding to a multiple of 8, for timm's ``seresnet*`` layouts).
     """
 
-    def __init__(self, channels: int, reduction: float = 16, divisor: int = 8, **dd) -> None:
+    def __init__(self, channels: int, reduction: float = 16, divisor: int | None = None, **dd) -> None:
         super().__init__()
         hidden = _reduced(channels, reduction, divisor)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True, **dd)
@@ -64,12 +72,17 @@ class ZPool(nn.Module):
 
 
 class SpatialGate(nn.Module):
-    """ZPool -> k x k Conv-BN (2 -> 1 channel) -> sigmoid: a one-channel spatial attention map."""
+    """ZPool -> k x k Conv-BN (2 -> 1 channel) -> sigmoid: a one-channel spatial attention map.
 
-    def __init__(self, kernel_size: int = 7, **dd) -> None:
+    The BN uses momentum 0.01 as the CBAM and triplet-attention official code (``BasicConv``);
+    ``zero_gamma`` starts its scale at 0, as their ResNets initialise every ``SpatialGate``.
+    """
+
+    def __init__(self, kernel_size: int = 7, zero_gamma: bool = False, **dd) -> None:
         super().__init__()
         self.pool = ZPool()
-        self.conv = ConvBN(2, 1, kernel_size, **dd)
+        self.conv = ConvBN(2, 1, kernel_size, bn_weight_init=0.0 if zero_gamma else 1.0, **dd)
+        self.conv.bn.momentum = 0.01
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.conv(self.pool(x)).sigmoid()
@@ -81,16 +94,18 @@ class CBAM(nn.Module):
     Channel: one MLP shared by the average- and max-pooled descriptors, outputs summed, sigmoid.
     Spatial: a 7x7 conv (+BN) over the channel-max and channel-mean maps, sigmoid.
     The MLP's hidden width is ``channels // reduction`` with biases, as in the official code.
+    Initialisation as the official code: the spatial gate's BN has momentum 0.01 and gamma 0
+    (the gate starts at a uniform 0.5).
     """
 
-    def __init__(self, channels: int, reduction: float = 16, spatial_kernel: int = 7, divisor: int = 1,
+    def __init__(self, channels: int, reduction: float = 16, spatial_kernel: int = 7, divisor: int | None = None,
                  **dd) -> None:
         super().__init__()
         hidden = _reduced(channels, reduction, divisor)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True, **dd)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True, **dd)
-        self.spatial = SpatialGate(spatial_kernel, **dd)
+        self.spatial = SpatialGate(spatial_kernel, zero_gamma=True, **dd)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -129,24 +144,21 @@ class TripletAttention(nn.Module):
 
     Branches see the tensor as (C, W) planes pooled over H, (H, C) planes pooled over W, and
     the usual (H, W) plane pooled over C; each applies :class:`SpatialGate`; the three
-    re-weighted tensors are averaged. ``3 * (2k^2 + 2)`` parameters.
+    re-weighted tensors are averaged. ``3 * (2k^2 + 2)`` parameters. Initialisation as the
+    official code: the H-W gate (its ``SpatialGate``) starts with BN gamma 0, the two rotated
+    gates with 1.
     """
 
     def __init__(self, channels: int | None = None, kernel_size: int = 7, **dd) -> None:
         super().__init__()
         self.gate_cw = SpatialGate(kernel_size, **dd)  # C-W interaction (pool over H)
         self.gate_hc = SpatialGate(kernel_size, **dd)  # H-C interaction (pool over W)
-        self.gate_hw = SpatialGate(kernel_size, **dd)  # H-W interaction (pool over C)
+        self.gate_hw = SpatialGate(kernel_size, zero_gamma=True, **dd)  # H-W interaction (pool over C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cw = self.gate_cw(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
         hc = self.gate_hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
         return (cw + hc + self.gate_hw(x)) * (1.0 / 3.0)
-
-
-def _group_count(channels: int, groups: int) -> int:
-    """``groups`` if it divides ``channels``, else their gcd (GroupNorm needs a divisor)."""
-    return groups if channels % groups == 0 else math.gcd(channels, groups)
 
 
 class ELA(nn.Module):
@@ -155,8 +167,9 @@ class ELA(nn.Module):
     Average over W gives a (C, H) strip and over H a (C, W) strip; one shared 1-D conv and
     GroupNorm turn each into a sigmoid gate; output ``x * a_h * a_w``. Variants (paper):
     T: k 5, depthwise, GN 32; B: k 7, depthwise, GN 16; S: k 5, C/8 groups, GN 16;
-    L: k 7, C/8 groups, GN 16. When a group count does not divide ``C`` its gcd with ``C``
-    is used (e.g. 24 channels).
+    L: k 7, C/8 groups, GN 16. The variant must be named. ``gn_groups`` overrides the
+    variant's GroupNorm groups (a model picks a divisor of ``C`` where the paper's count does
+    not divide it); a group count that does not divide ``C`` is an error, as in the paper's code.
     """
 
     #: variant -> (kernel, channels per conv group, GroupNorm groups)
@@ -164,13 +177,21 @@ class ELA(nn.Module):
         "t": (5, 1, 32), "b": (7, 1, 16), "s": (5, 8, 16), "l": (7, 8, 16),
     }
 
-    def __init__(self, channels: int, variant: str = "t", **dd) -> None:
+    def __init__(self, channels: int, variant: str | None = None, gn_groups: int | None = None, **dd) -> None:
         super().__init__()
-        kernel, chans_per_group, gn_groups = self.VARIANTS[variant.lower()]
-        conv_groups = channels // _group_count(channels, chans_per_group)
-        self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=conv_groups,
+        if variant is None or variant.lower() not in self.VARIANTS:
+            raise InvalidArgumentError(f"ELA needs variant= one of t, b, s, l (ELA-T/B/S/L), got {variant!r}; "
+                             f"or use the attention names ela_t, ela_b, ela_s, ela_l")
+        kernel, chans_per_group, paper_groups = self.VARIANTS[variant.lower()]
+        gn_groups = gn_groups or paper_groups
+        for what, size in (("channels per conv group", chans_per_group), ("GroupNorm groups", gn_groups)):
+            if channels % size:
+                raise InvalidArgumentError(
+                    f"ELA-{variant.upper()} on {channels} channels: {what} {size} does not divide {channels}; "
+                    f"pass gn_groups= a divisor of {channels} or use another variant")
+        self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels // chans_per_group,
                               bias=False, **dd)
-        self.norm = nn.GroupNorm(_group_count(channels, gn_groups), channels, **dd)
+        self.norm = nn.GroupNorm(gn_groups, channels, **dd)
 
     def _gate(self, strip: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(strip)).sigmoid()
@@ -185,7 +206,10 @@ class CoordAttention(nn.Module):
     """Coordinate attention (Hou et al., CVPR 2021): direction-aware gates from strip pooling.
 
     Pool over W and over H, concatenate the two strips, shared 1x1 Conv-BN-hardswish to
-    ``max(8, C / reduction)`` channels, split, and one 1x1 conv + sigmoid per direction.
+    ``max(8, C // reduction)`` channels, split, and one 1x1 conv + sigmoid per direction.
+    The official code gives the first 1x1 conv a bias; before BatchNorm it only shifts the
+    BN's mean, so it is left out here and folded into ``running_mean`` when an official
+    checkpoint is loaded (same outputs in eval and training mode).
     """
 
     def __init__(self, channels: int, reduction: float = 32, min_hidden: int = 8, **dd) -> None:
@@ -210,7 +234,7 @@ ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
     "cbam": CBAM,
     "eca": ECA,
     "triplet": TripletAttention,
-    "ela": partial(ELA, variant="t"),
+    "ela": ELA,  # variant= required (t, b, s, l)
     "ela_t": partial(ELA, variant="t"),
     "ela_b": partial(ELA, variant="b"),
     "ela_s": partial(ELA, variant="s"),
@@ -225,5 +249,5 @@ def create_attn(name: str, channels: int, **kwargs) -> nn.Module:
     if key not in ATTENTIONS:
         close = difflib.get_close_matches(key, list(ATTENTIONS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown attention {name!r}{hint} (choose from {', '.join(ATTENTIONS)})")
+        raise InvalidArgumentError(f"unknown attention {name!r}{hint} (choose from {', '.join(ATTENTIONS)})")
     return ATTENTIONS[key](channels, **kwargs)

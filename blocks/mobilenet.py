@@ -1,8 +1,10 @@
 """MobileNetV2 blocks with an attention slot (Sandler et al., CVPR 2018).
 
 Attention modules sit where their papers put them: ``"mid"`` after the depthwise conv on the
-expanded channels (SE as in MnasNet/MobileNetV3, Coordinate attention, ELA), or ``"out"``
-after the linear projection, before the residual add (ECA, Triplet, CBAM).
+expanded channels (SE, CBAM and Coordinate attention as in the CA paper's MobileNetV2; ELA),
+or ``"out"`` after the linear projection, before the residual add (ECA-Net's and
+triplet-attention's official MobileNetV2). Which blocks get one is the model's choice
+(``attn_layer=None`` leaves a block without).
 Layer names follow timm's ``mobilenetv2_*`` so timm checkpoints load as they are.
 """
 

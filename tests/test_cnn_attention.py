@@ -12,7 +12,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 import edgezoo
 from edgezoo.blocks import CBAM, ECA, ELA, CoordAttention, TripletAttention, create_attn
-from edgezoo.blocks.cnn_attention import eca_kernel_size
+from edgezoo.blocks.cnn_attention import SqueezeExcite, eca_kernel_size
+from edgezoo.errors import InvalidArgumentError
 from tests.util import randomize_, rel_err
 
 X = torch.randn(2, 32, 9, 7, generator=torch.Generator().manual_seed(1))
@@ -55,8 +56,20 @@ def test_ela_matches_reference(variant: str) -> None:
         assert rel_err(m(X), ref) < 1e-6
 
 
-def test_ela_group_count_falls_back_to_gcd() -> None:
-    assert ELA(24, variant="t").norm.num_groups == 8  # 32 does not divide 24
+def test_ela_group_count_must_divide_and_variant_is_explicit() -> None:
+    """The paper's code refuses GroupNorm groups that do not divide C; edgezoo too, naming the fix."""
+    with pytest.raises(InvalidArgumentError, match="GroupNorm groups 32 does not divide 24; pass gn_groups="):
+        ELA(24, variant="t")
+    assert ELA(144, variant="t", gn_groups=16).norm.num_groups == 16
+    with pytest.raises(InvalidArgumentError, match="ELA needs variant="):
+        create_attn("ela", 32)
+    assert create_attn("ela", 32, variant="b").conv.kernel_size == (7,)
+    # the models name their variant: ELA-B in ResNets, ELA-T in MobileNetV2 with deliberate groups
+    resnet = timm.create_model("ez_resnet18_ela")
+    assert {m.conv.kernel_size for m in resnet.modules() if isinstance(m, ELA)} == {(7,)}
+    mbv2 = timm.create_model("ez_mobilenetv2_ela")
+    groups = {m.conv.in_channels: m.norm.num_groups for m in mbv2.modules() if isinstance(m, ELA)}
+    assert groups == {96: 32, 144: 16, 192: 32, 384: 32, 576: 32, 960: 32}
 
 
 def test_coord_attention_matches_reference() -> None:
@@ -93,19 +106,19 @@ def test_create_attn_unknown_name_suggests() -> None:
 # --- models against timm's own ResNet with timm's attention modules --------------------------
 
 
-@pytest.mark.parametrize(("attn", "timm_attn", "block", "layers"), [
-    ("se", "se", BasicBlock, (2, 2, 2, 2)),
-    ("eca", "eca", BasicBlock, (2, 2, 2, 2)),
-    ("cbam", "cbam", BasicBlock, (2, 2, 2, 2)),
-    ("se", "se", Bottleneck, (3, 4, 6, 3)),
+@pytest.mark.parametrize(("attn", "layout", "block", "layers"), [
+    ("se", "timm", BasicBlock, (2, 2, 2, 2)),
+    ("eca", "timm", BasicBlock, (2, 2, 2, 2)),
+    ("cbam", "paper", BasicBlock, (2, 2, 2, 2)),
+    ("se", "timm", Bottleneck, (3, 4, 6, 3)),
 ])
-def test_resnet_loads_timm_attention_resnet(tmp_path, attn: str, timm_attn: str, block, layers) -> None:
-    """timm's ResNet with timm's SE/ECA/CBAM -> checkpoint -> ez model: same outputs."""
+def test_resnet_loads_timm_attention_resnet(tmp_path, attn: str, layout: str, block, layers) -> None:
+    """timm's ResNet with timm's SE/ECA/CBAM -> checkpoint -> ez model (timm's widths/kernels): same outputs."""
     trunk = "resnet18" if block is BasicBlock else "resnet50"
-    ref = randomize_(ResNet(block, list(layers), block_args={"attn_layer": timm_attn})).eval()
+    ref = randomize_(ResNet(block, list(layers), block_args={"attn_layer": attn})).eval()
     path = tmp_path / "timm.pth"
     torch.save(ref.state_dict(), path)
-    model = timm.create_model(f"ez_{trunk}_{attn}").eval()
+    model = timm.create_model(f"ez_{trunk}_{attn}", layout=layout).eval()
     edgezoo.load_checkpoint(model, path)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -137,54 +150,68 @@ def test_mobilenetv2_trunk_matches_timm_and_torchvision(tmp_path) -> None:
             assert rel_err(model(x), ref(x)) <= 1e-5, type(ref).__name__
 
 
-def test_official_layouts_load(tmp_path) -> None:
-    """ECA-Net (`.eca.`), CBAM (`.cbam.ChannelGate.mlp.N` Linear) and triplet-attention key names."""
-    x = torch.randn(1, 3, 64, 64)
-    renames = {
-        "eca": lambda k, v: (k.replace(".se.", ".eca."), v),
-        "cbam": lambda k, v: (k.replace(".se.fc1.", ".cbam.ChannelGate.mlp.1.")
-                              .replace(".se.fc2.", ".cbam.ChannelGate.mlp.3.")
-                              .replace(".se.spatial.conv.", ".cbam.SpatialGate.spatial."),
-                              v.flatten(1) if ".se.fc" in k and k.endswith("weight") else v),
-        "triplet": lambda k, v: (k.replace(".se.gate_cw.conv.", ".triplet_attention.ChannelGateH.spatial.")
-                                 .replace(".se.gate_hc.conv.", ".triplet_attention.ChannelGateW.spatial.")
-                                 .replace(".se.gate_hw.conv.", ".triplet_attention.SpatialGate.spatial."), v),
-    }
-    for attn, rename in renames.items():
-        src = randomize_(timm.create_model(f"ez_resnet18_{attn}")).eval()
-        official = dict(rename(k, v) for k, v in src.state_dict().items())
-        assert official.keys() != src.state_dict().keys()
-        path = tmp_path / f"{attn}.pth"
-        torch.save({"state_dict": {f"module.{k}": v for k, v in official.items()}}, path)
-        model = timm.create_model(f"ez_resnet18_{attn}").eval()
-        edgezoo.load_checkpoint(model, path)
-        with torch.no_grad():
-            assert rel_err(model(x), src(x)) <= 1e-6, attn
-
-
 # --- published figures --------------------------------------------------------------------------
 
-RESNET50 = 25_557_032  # timm/torchvision resnet50
+RESNET18, RESNET50, MOBILENETV2 = 11_689_512, 25_557_032, 3_504_872  # timm/torchvision counts
+
+
+def _params(name: str) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name).parameters())
 
 
 @pytest.mark.parametrize(("name", "published"), [
-    ("ez_resnet50_se", 28.09e6),
-    ("ez_resnet50_cbam", 28.09e6),
-    ("ez_resnet50_triplet", 25.56e6),
-    ("ez_resnet50_eca", RESNET50 + 80),
-    ("ez_mobilenetv2_triplet", 3.51e6),
+    ("ez_resnet50_se", "28.09M"),  # SENet
+    ("ez_resnet50_cbam", "28.09M"),  # CBAM
+    ("ez_resnet50_triplet", "25.56M"),  # triplet-attention, k=7
+    ("ez_mobilenetv2_triplet", "3.506M"),  # triplet-attention's release, k=3
+    ("ez_mobilenetv2_se", "3.89M"),  # CA paper: SE at reduction 24 on the expanded width
+    ("ez_mobilenetv2_cbam", "3.89M"),  # CA paper
+    ("ez_mobilenetv2_ca", "3.95M"),  # CA paper
 ])
-def test_params_match_published(name: str, published: float) -> None:
-    with torch.device("meta"):
-        params = sum(p.numel() for p in timm.create_model(name).parameters())
-    assert math.isclose(params, published, rel_tol=0.01), f"{name}: {params} vs {published}"
+def test_params_match_published(name: str, published: str) -> None:
+    """Equal to the published figure at the precision it is printed with (3.89M: within 0.005M)."""
+    decimals = len(published[:-1].split(".")[1])
+    assert abs(_params(name) / 1e6 - float(published[:-1])) <= 0.5 * 10**-decimals, f"{name}: {_params(name)}"
 
 
-def test_eca_adds_a_handful_of_parameters() -> None:
-    """ECA's point: a few dozen weights on top of ResNet-50 (80 in the paper; 86 with its adaptive k)."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in timm.create_model("ez_resnet50_eca").parameters())
-    assert 0 < params - RESNET50 <= 100
+@pytest.mark.parametrize(("name", "trunk", "added"), [
+    ("ez_resnet50_eca", RESNET50, 3 * 3 + 4 * 5 + 6 * 5 + 3 * 7),  # eca_resnet50_k3557: the paper's "80"
+    ("ez_resnet18_eca", RESNET18, 2 * (3 + 5 + 7 + 7)),  # eca_resnet18_k3577
+    ("ez_mobilenetv2_eca", MOBILENETV2, 13 * 1 + 4 * 3),  # k=1 on the 13 blocks of <= 96 channels, else 3
+])
+def test_eca_adds_exactly_the_released_kernels(name: str, trunk: int, added: int) -> None:
+    assert _params(name) - trunk == added
+    assert _params("ez_resnet50_eca") - RESNET50 == 80
+
+
+def test_papers_hidden_widths() -> None:
+    """SE and CBAM use ``C // r`` (SENet, CBAM); timm's rounding to 8 only for timm's layouts."""
+    assert SqueezeExcite(144, 16).fc1.out_channels == 9
+    assert SqueezeExcite(576, 16).fc1.out_channels == 36
+    assert CBAM(24, 16).fc1.out_channels == 1
+    assert SqueezeExcite(144, 16, divisor=8).fc1.out_channels == 8  # timm's seresnet width
+    assert timm.create_model("ez_resnet18_se").layer1[0].se.fc1.out_channels == 4  # 64 // 16
+    assert timm.create_model("ez_resnet18_se", layout="timm").layer1[0].se.fc1.out_channels == 8
+
+
+def test_mobilenetv2_first_block_attention() -> None:
+    """The CA paper's MobileNetV2s have no attention in the t=1 block; ECA's and triplet's have one."""
+    for attn, slot, has in (("se", "se", False), ("cbam", "se", False), ("ca", "se", False),
+                            ("eca", "attn", True), ("triplet", "attn", True)):
+        first = timm.create_model(f"ez_mobilenetv2_{attn}").stages[0][0]
+        assert isinstance(getattr(first, slot), torch.nn.Identity) != has, attn
+
+
+def test_official_initialisation() -> None:
+    """CBAM's spatial BN: momentum 0.01, gamma 0; triplet: only the H-W gate's gamma 0; no zero_init_last."""
+    cbam = CBAM(32).spatial.conv.bn
+    assert cbam.momentum == 0.01 and torch.all(cbam.weight == 0)
+    t = TripletAttention(32)
+    assert [g.conv.bn.weight.item() for g in (t.gate_cw, t.gate_hc, t.gate_hw)] == [1.0, 1.0, 0.0]
+    assert {g.conv.bn.momentum for g in (t.gate_cw, t.gate_hc, t.gate_hw)} == {0.01}
+    model = timm.create_model("ez_resnet50_se")
+    assert all(torch.all(b.bn3.weight == 1) for b in model.modules() if isinstance(b, Bottleneck))
 
 
 def test_macs_match_published() -> None:

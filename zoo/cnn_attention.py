@@ -5,18 +5,31 @@ timm places it after the last BatchNorm of every residual branch, before the add
 where SENet, CBAM, ECA-Net and Triplet attention put theirs (ELA and Coordinate attention
 follow the same placement in ResNets). MobileNetV2 is written here (timm's builder has no
 slot after the projection conv) with timm's layer names; see :mod:`edgezoo.blocks.mobilenet`
-for the per-attention placement.
+and :data:`MOBILENETV2_ATTN` for the per-attention placement.
 
-Checkpoints: timm's ResNet layouts (and torchvision's, which share key names) load as they are;
-timm's CBAM (channel/spatial sub-modules, spatial pool ordered mean-then-max) and the papers'
-official layouts (ECA-Net ``.eca.``, CBAM ``.cbam.ChannelGate.mlp``, triplet-attention
-``.triplet_attention.ChannelGateH``), timm's and torchvision's MobileNetV2 are remapped.
+Every entrypoint takes ``layout=``: ``"paper"`` (default) builds the published network (the
+paper's widths and kernels, the released checkpoints' configuration); ``"timm"`` builds
+timm's variant of it where timm's differs (``seresnet18``: SE widths rounded to 8;
+``ecaresnet``-style ECA kernels from timm's formula); ``"cadene"`` (``ez_resnet50_se``
+only) builds the Caffe-style SE-ResNet-50 of Cadene's pretrainedmodels and timm's
+``legacy_seresnet50``: stride on each bottleneck's first 1x1 conv, ceil-mode stem max-pool.
+
+Checkpoints (see :func:`checkpoint_filter_fn`): timm's ResNets (and torchvision's, which
+share key names), timm's CBAM, Cadene's SE-ResNet-50, the official ECA-Net, CBAM and
+triplet-attention ResNets, timm's and torchvision's MobileNetV2, and the official ECA-Net,
+triplet-attention and Coordinate-attention MobileNetV2s. A layout whose keys match but whose
+network differs (Cadene's strides) is refused unless the model was built for it.
+
+Initialisation follows the papers' official code: no zero-init of the residual branch's last
+BN (timm's ``zero_init_last``; none of the official repositories use it), CBAM's and triplet's
+gate BNs as in :mod:`edgezoo.blocks.cnn_attention`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -28,16 +41,17 @@ from torch import nn
 
 from edgezoo._base import StagedBackbone, feature_cfg
 from edgezoo._registry import register
-from edgezoo.blocks.cnn_attention import ATTENTIONS
+from edgezoo.blocks.cnn_attention import CBAM, ECA, ELA, CoordAttention, SqueezeExcite, TripletAttention
 from edgezoo.blocks.conv_bn import fold_pair
 from edgezoo.blocks.mobilenet import DepthwiseSeparable, InvertedResidual
+from edgezoo.errors import CheckpointError, InvalidArgumentError
 from edgezoo.fuse import register_fuser
 
-__all__ = ["ATTN_PAPERS", "MOBILENETV2_ATTN_POSITION", "MobileNetV2"]
+__all__ = ["ATTN_PAPERS", "MOBILENETV2_ATTN", "MOBILENETV2_ATTN_POSITION", "MobileNetV2", "checkpoint_filter_fn"]
 
 FAMILY = "cnn_attention"
 
-#: Attention name -> (paper, placement note) for the docstrings and ``edgezoo info``.
+#: Attention name -> paper, for the docstrings and ``edgezoo info``.
 ATTN_PAPERS: dict[str, str] = {
     "se": "Squeeze-and-Excitation Networks, Hu et al., CVPR 2018",
     "cbam": "CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018",
@@ -47,20 +61,58 @@ ATTN_PAPERS: dict[str, str] = {
     "ca": "Coordinate Attention for Efficient Mobile Network Design, Hou et al., CVPR 2021",
 }
 
-#: Where each attention goes inside a MobileNetV2 block (see edgezoo.blocks.mobilenet).
-MOBILENETV2_ATTN_POSITION = {"se": "mid", "ca": "mid", "ela": "mid", "eca": "out", "triplet": "out", "cbam": "out"}
+AttnFactory = Callable[..., nn.Module]
 
-#: Module options per (trunk, attention) where the papers differ from the module defaults:
-#: ELA-B for ResNets and ELA-T for MobileNetV2 (ELA paper), Triplet k=3 in MobileNetV2.
-_ATTN_KWARGS = {
-    ("resnet", "ela"): {"variant": "b"},
-    ("mobilenetv2", "ela"): {"variant": "t"},
-    ("mobilenetv2", "triplet"): {"kernel_size": 3},
+
+def _eca_from_table(channels: int, table: dict[int, int], **dd) -> ECA:
+    """ECA with the kernel a released model uses at ``channels`` channels."""
+    return ECA(channels, kernel_size=table[channels], **dd)
+
+
+def _eca_mobilenetv2(channels: int, **dd) -> ECA:
+    """ECA-Net's official MobileNetV2: k=1 on blocks of at most 96 output channels, else k=3."""
+    return ECA(channels, kernel_size=1 if channels <= 96 else 3, **dd)
+
+
+def _ela_t_mobilenetv2(channels: int, **dd) -> ELA:
+    """ELA-T with its 32 GroupNorm groups, or 16 on the two 144-channel blocks (144 = 9 x 16)."""
+    return ELA(channels, "t", gn_groups=32 if channels % 32 == 0 else 16, **dd)
+
+
+#: ECA kernel per stage width of the released ECA-Net checkpoints (eca_resnet18_k3577,
+#: eca_resnet50_k3557): 3+5+7+7 per BasicBlock stage, 80 parameters in ResNet-50.
+_ECA_RELEASED = {
+    "resnet18": {64: 3, 128: 5, 256: 7, 512: 7},
+    "resnet50": {256: 3, 512: 5, 1024: 5, 2048: 7},
 }
 
+#: (trunk, attention, layout) -> the attention factory timm's ResNet calls with the channels.
+_RESNET_ATTN: dict[tuple[str, str, str], AttnFactory] = {
+    **{(t, "se", "paper"): partial(SqueezeExcite, reduction=16) for t in ("resnet18", "resnet50")},
+    **{(t, "se", "timm"): partial(SqueezeExcite, reduction=16, divisor=8) for t in ("resnet18", "resnet50")},
+    ("resnet50", "se", "cadene"): partial(SqueezeExcite, reduction=16),
+    **{(t, "eca", "paper"): partial(_eca_from_table, table=_ECA_RELEASED[t]) for t in ("resnet18", "resnet50")},
+    **{(t, "eca", "timm"): ECA for t in ("resnet18", "resnet50")},  # timm's adaptive k (>= 3 at these widths)
+    **{(t, "cbam", "paper"): partial(CBAM, reduction=16) for t in ("resnet18", "resnet50")},
+    **{(t, "triplet", "paper"): partial(TripletAttention, kernel_size=7) for t in ("resnet18", "resnet50")},
+    **{(t, "ela", "paper"): partial(ELA, variant="b") for t in ("resnet18", "resnet50")},  # ELA paper: ELA-B
+    **{(t, "ca", "paper"): CoordAttention for t in ("resnet18", "resnet50")},
+}
 
-def _attn_layer(trunk: str, attn: str) -> partial:
-    return partial(ATTENTIONS[attn], **_ATTN_KWARGS.get((trunk, attn), {}))
+#: Attention -> (position in the block, factory, attention in the first t=1 block too) in
+#: MobileNetV2. SE, CBAM and CA follow the CA paper's MobileNetV2 (after the depthwise conv,
+#: SE/CBAM at reduction 24, no attention in the first block); ELA follows the same setup
+#: with ELA-T; ECA and Triplet follow their official MobileNetV2s (after the projection,
+#: every block).
+MOBILENETV2_ATTN: dict[str, tuple[str, AttnFactory, bool]] = {
+    "se": ("mid", partial(SqueezeExcite, reduction=24), False),
+    "cbam": ("mid", partial(CBAM, reduction=24), False),
+    "ca": ("mid", CoordAttention, False),
+    "ela": ("mid", _ela_t_mobilenetv2, False),
+    "eca": ("out", _eca_mobilenetv2, True),
+    "triplet": ("out", partial(TripletAttention, kernel_size=3), True),
+}
+MOBILENETV2_ATTN_POSITION = {name: spec[0] for name, spec in MOBILENETV2_ATTN.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +125,7 @@ class MobileNetV2(StagedBackbone):
 
     Seven stages of the paper's table 2 (expansion t, channels c, repeats n, stride s);
     features are taken at strides 2, 4, 8, 16 and 32 like timm's ``mobilenetv2_100``.
+    ``attn_first_block=False`` leaves the first (t=1) block without attention.
     """
 
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -83,8 +136,9 @@ class MobileNetV2(StagedBackbone):
         num_classes: int = 1000,
         in_chans: int = 3,
         width_mult: float = 1.0,
-        attn_layer: partial | None = None,
+        attn_layer: AttnFactory | None = None,
         attn_position: str = "out",
+        attn_first_block: bool = True,
         global_pool: str = "avg",
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.0,
@@ -106,7 +160,8 @@ class MobileNetV2(StagedBackbone):
             out = make_divisible(c * width_mult, 8)
             blocks = []
             for j in range(n):
-                kw = {"stride": s if j == 0 else 1, "attn_layer": attn_layer, "attn_position": attn_position}
+                attn = attn_layer if (idx > 0 or attn_first_block) else None
+                kw = {"stride": s if j == 0 else 1, "attn_layer": attn, "attn_position": attn_position}
                 if t == 1:
                     blocks.append(DepthwiseSeparable(chs, out, **kw))
                 else:
@@ -151,25 +206,53 @@ class MobileNetV2(StagedBackbone):
 
 
 # ---------------------------------------------------------------------------------------------
+# Caffe-style strides (Cadene's SE-ResNets)
+# ---------------------------------------------------------------------------------------------
+
+
+def _caffe_strides_(model: ResNet) -> ResNet:
+    """Move each bottleneck's stride from its 3x3 conv to its first 1x1 conv, ceil-mode stem pool.
+
+    This is the SENet release's (Caffe) ResNet, kept by Cadene's pretrainedmodels and timm's
+    ``legacy_seresnet*``; timm's and torchvision's ResNet stride the 3x3 conv instead.
+    """
+    for block in model.modules():
+        if isinstance(block, Bottleneck) and block.conv2.stride != (1, 1):
+            block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+    model.maxpool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
 # Checkpoint layouts
 # ---------------------------------------------------------------------------------------------
 
-#: Attention layouts of other code bases: a marker found in the checkpoint's keys -> renames.
-_ATTN_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+#: Attribute names the official repositories give the attention module -> timm's slot ``se``.
+_OFFICIAL_SLOTS = ((r"\.(?:eca|cbam|triplet_attention|se_module)\.", ".se."),)
+
+#: The inner layout of each foreign attention module: a marker in the keys -> renames.
+#: ``(?P<s>...)`` is the slot (``se``: ResNets and MobileNetV2's mid slot; ``attn``: its out slot).
+_SLOT = r"(?P<s>\.(?:se|attn)\.)"
+_ATTN_INNER: dict[str, tuple[tuple[str, str], ...]] = {
     ".se.channel.fc1.": ((r"\.se\.channel\.fc([12])\.", r".se.fc\1."),),  # timm CbamModule
-    ".eca.": ((r"\.eca\.", ".se."),),  # ECA-Net official
-    ".se_module.": ((r"\.se_module\.", ".se."), (r"^layer0\.", ""), (r"^last_linear\.", "fc.")),  # Cadene
-    ".cbam.": (  # CBAM official (Jongchan/attention-module): Linear MLP, BasicConv spatial gate
-        (r"\.cbam\.ChannelGate\.mlp\.1\.", ".se.fc1."),
-        (r"\.cbam\.ChannelGate\.mlp\.3\.", ".se.fc2."),
-        (r"\.cbam\.SpatialGate\.spatial\.", ".se.spatial.conv."),
+    "ChannelGateH.": (  # triplet-attention official: rotated H and W gates, plain spatial gate
+        (_SLOT + r"ChannelGateH\.spatial\.", r"\g<s>gate_cw.conv."),
+        (_SLOT + r"ChannelGateW\.spatial\.", r"\g<s>gate_hc.conv."),
+        (_SLOT + r"SpatialGate\.spatial\.", r"\g<s>gate_hw.conv."),
     ),
-    ".triplet_attention.": (  # triplet-attention official: H, W and spatial gates
-        (r"\.triplet_attention\.ChannelGateH\.spatial\.", ".se.gate_cw.conv."),
-        (r"\.triplet_attention\.ChannelGateW\.spatial\.", ".se.gate_hc.conv."),
-        (r"\.triplet_attention\.SpatialGate\.spatial\.", ".se.gate_hw.conv."),
+    "ChannelGate.mlp.": (  # CBAM official (Jongchan/attention-module): Linear MLP, BasicConv gate
+        (_SLOT + r"ChannelGate\.mlp\.1\.", r"\g<s>fc1."),
+        (_SLOT + r"ChannelGate\.mlp\.3\.", r"\g<s>fc2."),
+        (_SLOT + r"SpatialGate\.spatial\.", r"\g<s>spatial.conv."),
+    ),
+    ".se.conv1.": (  # Coordinate attention official: conv1 (with bias) + bn1, conv2 (H), conv3 (W)
+        (_SLOT + r"conv1\.", r"\g<s>reduce.conv."), (_SLOT + r"bn1\.", r"\g<s>reduce.bn."),
+        (_SLOT + r"conv2\.", r"\g<s>conv_h."), (_SLOT + r"conv3\.", r"\g<s>conv_w."),
     ),
 }
+
+#: Cadene's SENet top-level names -> timm's ResNet names.
+_CADENE = ((r"^layer0\.", ""), (r"^last_linear\.", "fc."))
 
 #: timm's MobileNetV2 top-level names -> edgezoo's.
 _TIMM_MBV2 = (
@@ -178,10 +261,15 @@ _TIMM_MBV2 = (
 )
 
 #: torchvision's MobileNetV2 block internals (``features.N.conv.*``) -> edgezoo's layer names;
-#: ``conv.4`` is where ECA-Net's official MobileNetV2 keeps its ECA module.
+#: the last index is where ECA-Net's and triplet-attention's official MobileNetV2s put theirs.
 _TV_FIRST = {"conv.0.0": "conv_dw", "conv.0.1": "bn1", "conv.1": "conv_pw", "conv.2": "bn2", "conv.3": "attn"}
 _TV_BLOCK = {"conv.0.0": "conv_pw", "conv.0.1": "bn1", "conv.1.0": "conv_dw", "conv.1.1": "bn2",
              "conv.2": "conv_pwl", "conv.3": "bn3", "conv.4": "attn"}
+#: The flat ``nn.Sequential`` MobileNetV2 of the Coordinate-attention release (``features.N.conv.i``,
+#: CA at ``conv.6``; head ``conv.0``/``conv.1``).
+_FLAT_FIRST = {"conv.0": "conv_dw", "conv.1": "bn1", "conv.3": "conv_pw", "conv.4": "bn2"}
+_FLAT_BLOCK = {"conv.0": "conv_pw", "conv.1": "bn1", "conv.3": "conv_dw", "conv.4": "bn2", "conv.6": "se",
+               "conv.7": "conv_pwl", "conv.8": "bn3"}
 
 
 def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str:
@@ -190,32 +278,65 @@ def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str:
     return key
 
 
-def _torchvision_mbv2_key(key: str) -> str:
-    """``features.N...`` of torchvision's ``mobilenet_v2`` -> edgezoo's MobileNetV2 key."""
+def _mbv2_block_key(key: str, first: dict[str, str], block: dict[str, str], head: str) -> str:
+    """``features.N.<layer>...`` of a torchvision-style MobileNetV2 -> edgezoo's MobileNetV2 key.
+
+    ``first``/``block`` map the layer names inside the t=1 and the other blocks; ``head`` is
+    the pattern of the classifier's Linear.
+    """
     where = [(i, j) for i, (_, _, n, _) in enumerate(MobileNetV2.SETTINGS) for j in range(n)]
     m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
     if m is None:
-        return key.replace("classifier.1.", "classifier.")
+        key = re.sub(r"^conv\.0\.", "neck.conv.", re.sub(r"^conv\.1\.", "neck.bn.", key))  # flat layout's head
+        return re.sub(head, "classifier.", key)
     feat, rest = int(m.group(1)), m.group(2)
-    if feat in (0, len(where) + 1):  # stem and head: Conv2dNormActivation (0 conv, 1 bn)
+    if feat in (0, len(where) + 1):  # stem and torchvision's head: Conv-BN-ReLU (0 conv, 1 bn)
         part = "stem" if feat == 0 else "neck"
         return re.sub(r"^0\.", f"{part}.conv.", re.sub(r"^1\.", f"{part}.bn.", rest))
-    table = _TV_FIRST if feat == 1 else _TV_BLOCK
+    table = first if feat == 1 else block
     layer = next(k for k in sorted(table, key=len, reverse=True) if rest.startswith(k + "."))
     stage, index = where[feat - 1]
     return f"stages.{stage}.{index}.{table[layer]}{rest[len(layer):]}"
 
 
+def _refuse_cadene(keys: list[str], model: nn.Module) -> None:
+    """Cadene's keys map onto timm's ResNet one to one, but its strides differ: refuse silently wrong loads."""
+    if not any(".se_module." in k for k in keys) or getattr(model, "attn_layout", None) == "cadene":
+        return
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    raise CheckpointError(
+        f"this is a Cadene/pretrainedmodels SE-ResNet checkpoint (timm legacy_seresnet*), whose bottlenecks stride "
+        f"their first 1x1 conv and whose stem pools with ceil_mode: loaded into {arch} it would compute something "
+        f"else; build timm.create_model('ez_resnet50_se', layout='cadene') (SE-ResNet-50 only) and load into that"
+    )
+
+
+def _fold_ca_bias(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official CA's conv1 bias -> the following BN's running mean (BN(Wx + b) == BN'(Wx))."""
+    for key in [k for k in state_dict if k.endswith(".reduce.conv.bias")]:
+        mean = key[: -len("conv.bias")] + "bn.running_mean"
+        state_dict[mean] = state_dict[mean] - state_dict.pop(key)
+    return state_dict
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map timm, torchvision and official-repository layouts to this family's keys."""
+    """Map timm, torchvision, Cadene and official-repository layouts to this family's keys."""
     keys = list(state_dict)
-    if any(k.startswith("features.") for k in keys):
-        state_dict = {_torchvision_mbv2_key(k): v for k, v in state_dict.items()}
+    _refuse_cadene(keys, model)
+    if "features.1.conv.0.weight" in keys:  # the flat layout of the CA release
+        state_dict = {_mbv2_block_key(k, _FLAT_FIRST, _FLAT_BLOCK, r"^classifier\.1\."): v
+                      for k, v in state_dict.items()}
+    elif any(k.startswith("features.") for k in keys):
+        state_dict = {_mbv2_block_key(k, _TV_FIRST, _TV_BLOCK, r"^classifier\.1\."): v for k, v in state_dict.items()}
     elif isinstance(model, MobileNetV2):
         state_dict = {_rename(k, _TIMM_MBV2): v for k, v in state_dict.items()}
-    for marker, rules in _ATTN_LAYOUTS.items():
-        if any(marker in k for k in keys):
+    if any(".se_module." in k for k in keys):
+        state_dict = {_rename(k, _CADENE): v for k, v in state_dict.items()}
+    state_dict = {_rename(k, _OFFICIAL_SLOTS): v for k, v in state_dict.items()}
+    for marker, rules in _ATTN_INNER.items():
+        if any(marker in k for k in state_dict):
             state_dict = {_rename(k, rules): v for k, v in state_dict.items()}
+    state_dict = _fold_ca_bias(dict(state_dict))
     expected = model.state_dict()
     out = {}
     for key, value in state_dict.items():
@@ -279,20 +400,45 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _resnet(name: str, trunk: str, attn: str, pretrained: bool, **kwargs) -> ResNet:
+def _layout_error(name: str, layout: str, choices: list[str]) -> InvalidArgumentError:
+    note = " (legacy_seresnet18/34 also put a ReLU before SE, which timm's BasicBlock has not)" if (
+        layout == "cadene" and "resnet18" in name) else ""
+    return InvalidArgumentError(f"{name} has no layout {layout!r}{note}; choose from {', '.join(choices)}")
+
+
+def _resnet(name: str, trunk: str, attn: str, pretrained: bool, layout: str = "paper", **kwargs) -> ResNet:
+    factory = _RESNET_ATTN.get((trunk, attn, layout))
+    if factory is None:
+        choices = [lay for (t, a, lay) in _RESNET_ATTN if (t, a) == (trunk, attn)]
+        raise _layout_error(name, layout, choices)
     block, layers = _RESNETS[trunk]
-    return build_model_with_cfg(
-        ResNet, name, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        block=block, layers=layers, block_args={"attn_layer": _attn_layer("resnet", attn)}, **kwargs,
+    kwargs.setdefault("zero_init_last", False)  # as the papers' official code (timm's default is True)
+    cadene = layout == "cadene"
+    model = build_model_with_cfg(
+        ResNet, name, pretrained and not cadene, pretrained_filter_fn=checkpoint_filter_fn,
+        block=block, layers=layers, block_args={"attn_layer": factory}, **kwargs,
     )
+    model.attn_layout = layout
+    if cadene:
+        _caffe_strides_(model)
+        if pretrained:  # the weights load once the model has Cadene's strides
+            from timm.models import load_pretrained
+
+            load_pretrained(model, num_classes=model.num_classes, in_chans=kwargs.get("in_chans", 3),
+                            filter_fn=checkpoint_filter_fn)
+    return model
 
 
-def _mobilenetv2(name: str, attn: str, pretrained: bool, **kwargs) -> MobileNetV2:
-    return build_model_with_cfg(
+def _mobilenetv2(name: str, attn: str, pretrained: bool, layout: str = "paper", **kwargs) -> MobileNetV2:
+    if layout != "paper":
+        raise _layout_error(name, layout, ["paper"])
+    position, factory, first = MOBILENETV2_ATTN[attn]
+    model = build_model_with_cfg(
         MobileNetV2, name, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        attn_layer=_attn_layer("mobilenetv2", attn), attn_position=MOBILENETV2_ATTN_POSITION[attn],
-        feature_cfg=feature_cfg(5), **kwargs,
+        attn_layer=factory, attn_position=position, attn_first_block=first, feature_cfg=feature_cfg(5), **kwargs,
     )
+    model.attn_layout = layout
+    return model
 
 
 def _make_entrypoint(name: str, build, doc: str):
