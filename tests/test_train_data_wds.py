@@ -114,7 +114,8 @@ def test_wds_mid_epoch_resume_replays_the_stream_exactly(small_shards: Path, tmp
 def test_wds_digits_shards_train_above_90(shards: Path, tmp_path: Path):
     res = run(wds_cfg(shards, tmp_path / "run", 3))
     ckpt = load_last(tmp_path / "run")
-    assert ckpt["classes"] == [str(c) for c in range(10)] and ckpt["num_updates"] == 3 * 45  # timm pads a stream to whole batches: 1440 samples
+    assert ckpt["classes"] == [str(c) for c in range(10)]
+    assert ckpt["num_updates"] == 3 * 45  # timm pads a stream to whole batches: 1440 samples, 45 steps
     print(f"\nwds digits shards: val top-1 {res['val_top1']:.2f} (EMA {res['ema_val_top1']:.2f}), "
           f"{res['epoch_time']:.1f}s/epoch")
     assert max(res["val_top1"], res["ema_val_top1"]) > 90.0
