@@ -255,25 +255,40 @@ class Trainer:
         return state
 
     def _resume(self, state: dict[str, Any]) -> None:
-        from edgezoo.train.report import write_metrics
         from edgezoo.train.state import set_rng_state
 
         self.raw.load_state_dict(state["model"])
         if self.ema is not None and "model_ema" in state:
             self.ema.module.load_state_dict(state["model_ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
         self.history = list(state["history"])
         self.position = state.get("position")
         rngs = state.get("rng") or []
-        if len(rngs) == self.ctx.world:
+        if len(rngs) == self.ctx.world == int(state.get("world_size", len(rngs))):
+            self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(rngs[self.ctx.rank])
-        elif self.ctx.is_main:
-            print(f"resume: checkpoint from {len(rngs)} processes, now {self.ctx.world}: RNG streams restart",
-                  flush=True)
+        else:
+            self._rescale_schedule(int(state.get("world_size", len(rngs))))
+        self._resume_report()
+
+    def _rescale_schedule(self, old_world: int) -> None:
+        """Another number of processes: the schedule (built for this one's updates per epoch) goes on from
+        the same point of the same epoch, with the lr of the new global batch; the RNG streams restart."""
+        skip = int(self.position["consumed"]) // self.ctx.world if self.position else 0
+        done = min(skip // self.cfg.data.batch_size, self.data.steps_per_epoch)
+        self.num_updates = self.start_epoch * self.updates_per_epoch + done // self.cfg.optim.accum_steps
+        self.scheduler.step_update(num_updates=self.num_updates)
+        if self.ctx.is_main:
+            print(f"resume: checkpoint from {old_world} processes, now {self.ctx.world}: the schedule continues at "
+                  f"update {self.num_updates} of {self.epochs * self.updates_per_epoch} (lr {self._lr():.3g}); "
+                  f"RNG streams restart", flush=True)
+
+    def _resume_report(self) -> None:
+        from edgezoo.train.report import write_metrics
+
         if self.ctx.is_main:
             write_metrics(self.out / "metrics.jsonl", self.history)
             where = (f"in epoch {self.start_epoch + 1}/{self.epochs} after step {self.position['step']}"
