@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgezoo.blocks.conv_bn import ConvBN
+from edgezoo.kernels import cga_attention, use_kernels
 
 __all__ = ["CascadedGroupAttention", "relative_offset_index"]
 
@@ -47,7 +48,13 @@ def relative_offset_index(window: int) -> torch.Tensor:
 
 
 class CascadedGroupAttention(nn.Module):
-    """Cascaded group attention with per-head query DW conv and relative-position biases (EfficientViT-M)."""
+    """Cascaded group attention with per-head query DW conv and relative-position biases (EfficientViT-M).
+
+    ``kernel_mode`` (``"auto" | "triton" | "reference"``): whether each head's attention (scores, bias,
+    softmax, values) runs as ``torch.ops.edgezoo.cga_attention``.
+    """
+
+    kernel_mode: str = "auto"
 
     def __init__(
         self,
@@ -105,8 +112,7 @@ class CascadedGroupAttention(nn.Module):
                 feat = feat + groups[i]
             q, k, v = qkv(feat).split([kd, kd, vd], dim=1)
             q = dw(q).flatten(2) * self.scale
-            attn = (q.transpose(-2, -1) @ k.flatten(2) + bias[i]).softmax(dim=-1)
-            feat = (v.flatten(2) @ attn.transpose(-2, -1)).view(B, vd, H, W)
+            feat = self._attend(q, k.flatten(2), v.flatten(2), bias[i]).view(B, vd, H, W)
             outs.append(feat)
         return torch.cat(outs, dim=1)
 
@@ -119,9 +125,15 @@ class CascadedGroupAttention(nn.Module):
             qkv = pre[i] if i == 0 else pre[i] + self.qkv_prev[i - 1](outs[-1])
             q, k, v = qkv.split([kd, kd, vd], dim=1)
             q = self.dws[i](q.reshape(B, kd, H, W)).flatten(2)
-            attn = (q.transpose(-2, -1) @ k + bias[i]).softmax(dim=-1)
-            outs.append(v @ attn.transpose(-2, -1))
+            outs.append(self._attend(q, k, v, bias[i]))
         return torch.cat(outs, dim=1).view(B, -1, H, W)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One head: ``v @ softmax(q^T k + bias)^T`` on ``(B, C, N)`` tensors (the fused op or plain torch)."""
+        if use_kernels(self.kernel_mode, q):
+            return cga_attention(q, k, v, bias)
+        attn = (q.transpose(-2, -1) @ k + bias).softmax(dim=-1)
+        return v @ attn.transpose(-2, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

@@ -34,6 +34,8 @@ from timm.layers import DropPath, LayerNorm2d, LayerScale2d, Mlp
 from torch import nn
 from torch.nn import functional as F
 
+from edgezoo.kernels import focal_aggregate, use_kernels
+
 __all__ = ["GELU", "Downsample", "FocalModulation", "FocalNetBlock", "FocalNetStage"]
 
 NormLayer = Callable[[int], nn.Module]
@@ -62,8 +64,11 @@ class FocalModulation(nn.Module):
 
     ``f`` projects to query, context and ``focal_level + 1`` gates; ``focal_layers`` are the
     depthwise convs of the hierarchy (GELU after each); ``h`` is the 1x1 modulator; ``proj``
-    the output projection.
+    the output projection. ``kernel_mode`` (``"auto" | "triton" | "reference"``) says whether the gated
+    aggregation runs as ``torch.ops.edgezoo.focal_aggregate``.
     """
+
+    kernel_mode: str = "auto"
 
     def __init__(
         self,
@@ -98,6 +103,8 @@ class FocalModulation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, ctx, gates = torch.split(self.f(x), [self.dim, self.dim, self.focal_level + 1], dim=1)
+        if use_kernels(self.kernel_mode, x):
+            return self.proj_drop(self.proj(self.norm(q * self.h(self._aggregate_fused(ctx, gates)))))
         ctx_all = None
         for level, conv in enumerate(self.focal_layers):
             ctx = self.act(conv(ctx))
@@ -109,6 +116,16 @@ class FocalModulation(nn.Module):
             ctx_all = ctx_all / (self.focal_level + 1)
         x = q * self.h(ctx_all)
         return self.proj_drop(self.proj(self.norm(x)))
+
+    def _aggregate_fused(self, ctx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """The context levels, then their gated sum with the global context in one fused op."""
+        levels = []
+        for conv in self.focal_layers:
+            ctx = self.act(conv(ctx))
+            levels.append(ctx)
+        ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
+        scale = 1.0 / (self.focal_level + 1) if self.normalize_modulator else 1.0
+        return focal_aggregate(levels, gates, ctx_global, scale)
 
     @torch.no_grad()
     def fuse(self) -> FocalModulation:

@@ -32,6 +32,8 @@ from timm.layers import LayerNorm2d, trunc_normal_
 from torch import nn
 
 from edgezoo.blocks.mbconv import ConvNormAct
+from edgezoo.kernels import linear_attention as fused_linear_attention
+from edgezoo.kernels import use_kernels
 
 __all__ = [
     "TOKEN_MIXERS",
@@ -87,6 +89,8 @@ class TokenMixer(nn.Module):
 
     paper: ClassVar[str] = ""
     fp32_ops: ClassVar[tuple[str, ...]] = ()
+    #: ``"auto" | "triton" | "reference"``: whether :meth:`attend` runs ``torch.ops.edgezoo.linear_attention``
+    kernel_mode: str = "auto"
 
     def __init__(self, dim: int, head_dim: int) -> None:
         super().__init__()
@@ -137,7 +141,10 @@ class LiteMLA(TokenMixer):
         qkv = self.qkv(x)
         qkv = torch.cat([qkv, *(op(qkv) for op in self.aggreg)], dim=1)
         q, k, v = qkv.reshape(B, -1, 3 * self.head_dim, H * W).split(self.head_dim, dim=2)
-        out = run_fp32(self.attend, F.relu(q), F.relu(k), v)
+        if use_kernels(self.kernel_mode, q):  # the fused op accumulates in fp32 itself
+            out = fused_linear_attention(F.relu(q), F.relu(k), v, self.eps, 1.0, False, False)
+        else:
+            out = run_fp32(self.attend, F.relu(q), F.relu(k), v)
         return self.proj(out.reshape(B, -1, H, W))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -187,6 +194,8 @@ class FocusedLinearAttention(TokenMixer):
         """``(B, C, N)`` q, k, v -> ``(B, heads, d, N)`` focused linear attention."""
         scale = F.softplus(scale)
         q, k, v = self._focus(q, scale), self._focus(k, scale), self._split_heads(v)
+        if use_kernels(self.kernel_mode, q):
+            return fused_linear_attention(q, k, v, 1e-6, 1.0, True, False)
         n = q.shape[-1]
         z = 1.0 / (k.mean(-1, keepdim=True).transpose(-1, -2) @ q + 1e-6)
         return ((v @ k.transpose(-1, -2)) / n) @ q * z
@@ -283,6 +292,8 @@ class MagnitudeAwareLinearAttention(TokenMixer):
         """MALA on ``(B, heads, d, N)`` tensors."""
         scale, n = self.head_dim**-0.5, q.shape[-1]
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+        if use_kernels(self.kernel_mode, q):
+            return fused_linear_attention(q, k, v, 1e-6, scale, True, True)
         z = (k.mean(-1, keepdim=True).transpose(-1, -2) @ q) * scale  # (B, h, 1, N)
         kv = (v @ k.transpose(-1, -2)) * (scale / n)  # (B, h, d, d)
         return (kv @ q) * (1.0 + 1.0 / (z + 1e-6)) - v.mean(-1, keepdim=True) * z

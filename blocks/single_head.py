@@ -23,12 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgezoo.blocks.conv_bn import ConvBN
+from edgezoo.kernels import use_kernels
 
 __all__ = ["SHSA"]
 
 
 class SHSA(nn.Module):
-    """Single-head self-attention on a partial channel slice (SHViT)."""
+    """Single-head self-attention on a partial channel slice (SHViT).
+
+    ``kernel_mode`` other than ``"reference"`` runs the attention as ``F.scaled_dot_product_attention``
+    (fused flash / memory-efficient kernels on CUDA; no custom kernel: one head of 16 channels is what SDPA
+    already fuses well). ``"auto"`` does so on CUDA only.
+    """
+
+    kernel_mode: str = "auto"
 
     def __init__(self, dim: int, pdim: int, qk_dim: int = 16) -> None:
         super().__init__()
@@ -52,8 +60,13 @@ class SHSA(nn.Module):
         else:
             q, k, v = self.qkv(self.pre_norm(x1)).flatten(2).split(split, dim=1)
             q = q * self.scale
-        attn = (q.transpose(-2, -1) @ k).softmax(dim=-1)
-        x1 = (v @ attn.transpose(-2, -1)).view(B, self.pdim, H, W)
+        if use_kernels(self.kernel_mode, q):
+            x1 = F.scaled_dot_product_attention(q.transpose(-2, -1)[:, None], k.transpose(-2, -1)[:, None],
+                                                v.transpose(-2, -1)[:, None], scale=1.0)
+            x1 = x1[:, 0].transpose(-2, -1).reshape(B, self.pdim, H, W)
+        else:
+            attn = (q.transpose(-2, -1) @ k).softmax(dim=-1)
+            x1 = (v @ attn.transpose(-2, -1)).view(B, self.pdim, H, W)
         return self.proj(self.act(torch.cat([x1, x2], dim=1)))
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ the checkpoint key-remapping hook that :func:`edgezoo.load_checkpoint` applies.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from timm.models import register_model
 from torch import nn
 
 from edgezoo.errors import InvalidArgumentError, UnknownModelError
+from edgezoo.kernels import check_mode, set_kernels
 
 __all__ = [
     "FAMILIES",
@@ -70,9 +72,24 @@ def register(family: str, filter_fn: FilterFn | None = None) -> Callable[[Callab
         if not name.startswith("ez_"):
             raise ValueError(f"edgezoo model names start with 'ez_', got {name!r}")
         _SPECS[name] = ModelSpec(name=name, family=family, module=fn.__module__, filter_fn=filter_fn)
-        return register_model(fn)
+        return register_model(_with_kernels(fn))
 
     return decorator
+
+
+def _with_kernels(fn: Callable) -> Callable:
+    """``fn`` taking ``kernels="auto" | "triton" | "reference"`` too: the fused-op mode of every block of
+    the model it builds (:func:`edgezoo.kernels.set_kernels`)."""
+
+    @functools.wraps(fn)
+    def entrypoint(*args: Any, kernels: str = "auto", **kwargs: Any) -> nn.Module:
+        try:
+            check_mode(kernels)
+        except ValueError as err:
+            raise InvalidArgumentError(str(err)) from None
+        return set_kernels(fn(*args, **kwargs), kernels)
+
+    return entrypoint
 
 
 def list_models(filter: str = "", family: str | None = None) -> list[str]:
