@@ -7,6 +7,10 @@
 * fp16: onnxruntime's float16 converter with fp32 inputs/outputs and the nodes of
   :mod:`edgezoo.export.fp32_policy` kept fp32 (Cast nodes at their borders).
 * int8: :mod:`edgezoo.export.quantize` (onnxruntime static QDQ quantisation).
+* ``plugins=true`` (fp32): the blocks run their fused ops (``kernels="triton"``) and each op is written
+  as a TensorRT plugin node in domain ``edgezoo`` (:mod:`edgezoo.kernels.onnx_plugins`); the parity
+  gate runs those nodes with the ops' reference semantics (onnxruntime-extensions Python ops). By
+  default the blocks run their reference path, so the graph holds standard ONNX ops only.
 
 Metadata: the model's ``metadata_props`` (one string per key, lists JSON-encoded), plus
 ``edgezoo.fp32_nodes`` for backends that pin layer precision (TensorRT).
@@ -22,7 +26,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from edgezoo.export.base import ExportJob, Format, Option, parse_bool, register_format
+from edgezoo.errors import InvalidArgumentError
+from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, parse_bool, register_format
 from edgezoo.export.quantize import SCHEMES, int8_session
 
 __all__ = ["DEFAULT_OPSET", "OnnxFormat", "build_onnx", "export_graph", "ort_session"]
@@ -47,7 +52,7 @@ def _runs_at_other_size(proto: Any, job: ExportJob) -> bool:
     _, h, w = job.input_size
     x = job.example_input(batch=1, size=(h + 32, w + 64))
     try:
-        out = ort_session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
+        out = _session(proto).run(None, {"input": x.numpy()})[0]
     except Exception:  # onnxruntime raises its own Fail/RuntimeException types
         return False
     with torch.no_grad():
@@ -55,20 +60,36 @@ def _runs_at_other_size(proto: Any, job: ExportJob) -> bool:
     return bool(np.abs(out - ref).max() <= 1e-3 * max(np.abs(ref).max(), 1e-6))
 
 
-def _dynamo(model: torch.nn.Module, x: torch.Tensor, opset: int, dynamic_shapes: Any) -> Any:
-    with warnings.catch_warnings():
+def _session(proto: Any) -> Any:
+    """An onnxruntime CPU session of ``proto``; plugin nodes get the ops' reference semantics."""
+    from edgezoo.kernels.onnx_plugins import plugin_nodes, reference_session
+
+    return reference_session(proto) if plugin_nodes(proto) else ort_session(proto.SerializeToString())
+
+
+def _dynamo(model: torch.nn.Module, x: torch.Tensor, opset: int, dynamic_shapes: Any, plugins: bool = False) -> Any:
+    from edgezoo.kernels import kernel_mode
+
+    table = None
+    if plugins:
+        from edgezoo.kernels.onnx_plugins import translation_table
+
+        table = translation_table()
+    with warnings.catch_warnings(), kernel_mode(model, "triton" if plugins else "reference"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (x,), input_names=["input"], output_names=["logits"], dynamo=True,
                                     opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False,
-                                    optimize=True)
+                                    optimize=True, custom_translation_table=table)
     return program.model_proto
 
 
 def _torchscript(model: torch.nn.Module, x: torch.Tensor, opset: int, dynamic: bool, path: Path) -> Any:
     import onnx
 
+    from edgezoo.kernels import kernel_mode
+
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), kernel_mode(model, "reference"):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], dynamo=False,
                           opset_version=opset, dynamic_axes=axes)
@@ -81,6 +102,7 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     from edgezoo.export.fp32_policy import fp32_nodes
 
     opset = int(job.options.get("opset") or DEFAULT_OPSET)
+    plugins = wants_plugins(job)
     # torch.export specialises a dimension whose example size is 0 or 1: trace a dynamic batch at 2
     x = job.example_input(batch=max(job.batch, 2) if job.dynamic else job.batch)
     proto, exporter = None, "dynamo"
@@ -88,7 +110,7 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     errors = []
     for hw in attempts:
         try:
-            proto = _dynamo(job.model, x, opset, _dynamic_shapes(hw) if hw is not None else None)
+            proto = _dynamo(job.model, x, opset, _dynamic_shapes(hw) if hw is not None else None, plugins)
             if hw and not _runs_at_other_size(proto, job):
                 proto = None
                 errors.append("the graph does not run at another height/width")
@@ -99,6 +121,8 @@ def export_graph(job: ExportJob, path: Path) -> Any:
             errors.append(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}")
     if job.dynamic and not job.notes.get("dynamic_hw") and proto is not None:
         job.warn(f"height/width exported static ({errors[0]}); batch is dynamic")
+    if proto is None and plugins:
+        raise RuntimeError(f"plugin nodes need the dynamo exporter, which failed: {errors[-1]}")
     if proto is None:
         job.warn(f"dynamo exporter failed ({errors[-1]}); fell back to the TorchScript exporter")
         proto, exporter = _torchscript(job.model, x, opset, job.dynamic, path), "torchscript"
@@ -106,7 +130,20 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     job.notes["exporter"] = exporter
     job.notes["opset"] = opset
     job.notes["fp32_nodes"] = fp32_nodes(proto, job.model) if exporter == "dynamo" else []
+    if plugins:
+        from edgezoo.kernels.onnx_plugins import plugin_nodes
+
+        job.notes["plugins"] = sorted({n.op_type for n in plugin_nodes(proto)})
     return proto
+
+
+def wants_plugins(job: ExportJob) -> bool:
+    """Whether ``job`` asks for plugin nodes (option ``plugins``); only fp32/fp16 engines take them."""
+    plugins = parse_bool(job.options.get("plugins", False))
+    if plugins and job.precision == "int8":
+        raise InvalidArgumentError("plugins=true takes fp32 or fp16, not int8 (the QDQ quantiser does not know the "
+                                   "plugin nodes): drop --plugins or --int8")
+    return plugins
 
 
 def _slim(proto: Any) -> Any:
@@ -147,7 +184,8 @@ def build_onnx(job: ExportJob, path: Path, precision: str | None = None) -> Path
     proto = export_graph(job, raw)
     if precision == "fp16":
         proto = _to_fp16(proto, job.notes["fp32_nodes"])
-    proto = _slim(proto)
+    if not job.notes.get("plugins"):  # onnxslim does not know the plugin nodes' shapes
+        proto = _slim(proto)
     _stamp(proto, job)
     if precision == "int8":
         from edgezoo.export.quantize import quantize_qdq
@@ -167,8 +205,22 @@ def _run(path: Path, inputs: np.ndarray, semantics: str) -> np.ndarray:
     if key not in _SESSIONS:
         if not any(k[0] == key[0] for k in _SESSIONS):
             _SESSIONS.clear()  # keep the sessions of one file only
-        _SESSIONS[key] = ort_session(path) if semantics == "default" else int8_session(path, semantics)
+        if semantics == "plugins":
+            _SESSIONS[key] = _plugin_session(path)
+        else:
+            _SESSIONS[key] = ort_session(path) if semantics == "default" else int8_session(path, semantics)
     return _SESSIONS[key].run(None, {"input": inputs.astype(np.float32)})[0]
+
+
+def _plugin_session(path: Path) -> Any:
+    import onnx
+
+    try:
+        import onnxruntime_extensions  # noqa: F401
+    except ImportError as err:
+        raise NotRunnable("a plugin graph runs here only with its nodes given reference semantics: "
+                          "pip install onnxruntime-extensions") from err
+    return _session(onnx.load(str(path)))
 
 
 def cpu_has_vnni() -> bool | None:
@@ -205,6 +257,8 @@ class OnnxFormat(Format):
         "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(18, 24)), type=int),
         "int8_scheme": Option("full", "int8 QDQ placement: " + "; ".join(f"{k}: {v}" for k, v in SCHEMES.items()),
                               choices=tuple(SCHEMES)),
+        "plugins": Option(False, "write the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo; fp32/fp16); "
+                                 "gated with their reference semantics", choices=(False, True), type=parse_bool),
         "reduce_range": Option(False, "int8 with 7-bit weights: avoids onnxruntime's u8s8 saturation on x86 CPUs "
                                       "without VNNI, at some accuracy cost", choices=(False, True), type=parse_bool),
     }
@@ -216,6 +270,10 @@ class OnnxFormat(Format):
 
     def run(self, path: Path, inputs: np.ndarray, job: ExportJob) -> np.ndarray:
         """fp32/fp16 as onnxruntime optimises them; int8 with reference QDQ semantics (each Q/DQ as written)."""
+        if parse_bool(job.options.get("plugins", False)):
+            if job.precision != "fp32":
+                raise NotRunnable("the plugin nodes' reference semantics run in fp32 only")
+            return _run(path, inputs, "plugins")
         return _run(path, inputs, "reference" if job.precision == "int8" else "default")
 
     def extra_parity(self, path: Path, inputs: list[np.ndarray], ref: np.ndarray, out: np.ndarray,
