@@ -19,7 +19,7 @@ from edgezoo.errors import EdgezooError
 __all__ = ["PLUGINS", "build_parser", "main"]
 
 #: Modules that contribute subcommands: each defines ``add_parsers(subparsers)``.
-PLUGINS = ("edgezoo.train.cli", "edgezoo.export.cli")
+PLUGINS = ("edgezoo.train.cli", "edgezoo.export.cli", "edgezoo.export.bench.cli")
 
 
 def _fmt_count(n: float) -> str:

@@ -1,0 +1,128 @@
+"""``edgezoo bench``: latency of models on the runtimes they ship to, one protocol for all.
+
+Exit status: 0 when every requested record was timed or its runtime is absent here, 1 when any
+export or run failed (its error is in the table and the JSON), 2 for bad input (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_parsers", "cmd_bench"]
+
+
+def _ints(text: str | None, flag: str) -> list[int]:
+    from edgezoo.errors import InvalidArgumentError
+
+    try:
+        values = [int(v) for v in (text or "").split(",") if v.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{flag} takes comma-separated integers, e.g. {flag} 1,32; got {text!r}") from None
+    if not values:
+        raise InvalidArgumentError(f"{flag} is empty: give comma-separated integers, e.g. {flag} 1,32")
+    return values
+
+
+def _list_runtimes() -> int:
+    from edgezoo.export.bench import get_runtime, list_runtimes
+
+    for name in list_runtimes():
+        rt = get_runtime(name)
+        reason = rt.absent()
+        precs = [p if not (reason or rt.precision_absent(p)) else f"({p})" for p in rt.precisions]
+        print(f"{name:<11} {'/'.join(precs):<18} {'available' if not reason else 'absent: ' + reason}")
+        print(f"{'':<11} {rt.description}")
+    return 0
+
+
+def _sources(args: argparse.Namespace) -> list[str]:
+    from edgezoo.errors import InvalidArgumentError
+    from edgezoo.export.bench import smallest_per_family
+
+    sources = list(args.models or [])
+    if args.smallest:
+        sources += [m for m in smallest_per_family() if m not in sources]
+    if not sources:
+        raise InvalidArgumentError("name models or checkpoints to benchmark (or pass --smallest: the smallest model "
+                                   "of each family)")
+    return sources
+
+
+def _outputs(args: argparse.Namespace, report: dict) -> None:
+    from edgezoo.export.bench.plot import cost_curve_png, pareto_png, read_accuracy
+    from edgezoo.export.bench.report import output_path, save_report
+
+    if args.json:
+        print(f"JSON: {save_report(report, output_path(args.json, report))}")
+    if args.plot:
+        accuracy = read_accuracy(args.accuracy) if args.accuracy else None
+        print(f"Pareto chart: {pareto_png(report, args.plot, accuracy)}")
+    if args.curve:
+        print(f"cost curve: {cost_curve_png(report, args.curve)}")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgezoo.errors import InvalidArgumentError
+    from edgezoo.export.bench import Protocol, bench, parse_runtimes
+    from edgezoo.export.bench.plot import read_accuracy
+    from edgezoo.export.bench.report import table
+    from edgezoo.export.bench.run import check_threads
+
+    if args.list_runtimes:
+        return _list_runtimes()
+    runtimes = parse_runtimes(args.runtime)
+    batches = _ints(args.batch, "--batch")
+    threads = check_threads(args.threads)
+    if args.img_size is not None and args.sizes:
+        raise InvalidArgumentError("choose one of --img-size S and --sizes S1,S2,...")
+    sizes = _ints(args.sizes, "--sizes") if args.sizes else [args.img_size]
+    if args.accuracy and not args.plot:
+        raise InvalidArgumentError("--accuracy is the x axis of --plot: add --plot FILE.png")
+    if args.accuracy:
+        read_accuracy(args.accuracy)  # a bad file fails before the benchmark, not after it
+    if args.agree < 0:
+        raise InvalidArgumentError(f"--agree must be >= 0, got {args.agree}")
+    protocol = Protocol(warmup=args.warmup, runs=args.runs, max_seconds=args.seconds)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
+                   compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
+                   progress=not args.quiet, log=log if args.verbose else (lambda m: None))
+    print(table(report))
+    _outputs(args, report)
+    return 1 if any(r["status"] == "failed" for r in report["records"]) else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="latency and throughput of models on torch, onnxruntime, ExecuTorch, OpenVINO, ...",
+        description="Export each model with edgezoo's exporters, load it in each runtime and time it with one "
+                    "protocol: warm-up, then timed runs until --runs runs or --seconds seconds; p50/p90/min latency, "
+                    "throughput, peak memory and the device fingerprint. Runtimes missing here are reported absent.",
+    )
+    p.add_argument("models", nargs="*", metavar="MODEL|CHECKPOINT", help="model names or checkpoints")
+    p.add_argument("--smallest", action="store_true", help="add the smallest model (MACs) of each family")
+    p.add_argument("--runtime", "-r", default="torch,ort",
+                   help="comma-separated runtimes, optionally RUNTIME:PRECISION (e.g. openvino:bf16), or all "
+                        "(see --list-runtimes; default torch,ort)")
+    p.add_argument("--batch", "-b", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the usable cores)")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
+    p.add_argument("--sizes", help="several input resolutions, e.g. 128,256,384,512 (a cost curve: see --curve)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per record (default 100)")
+    p.add_argument("--seconds", type=float, default=10.0, help="at most this long timing one record (default 10)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--compare-timm", action="store_true",
+                   help="also time timm's same-architecture model with the same weights, interleaved; report ratios")
+    p.add_argument("--agree", type=int, default=0, metavar="N",
+                   help="top-1 agreement with PyTorch on N held-out --calib images, batch-1 records (default 0: off)")
+    p.add_argument("--calib", default="digits", help="int8 calibration and --agree images: digits or a folder")
+    p.add_argument("--json", help="write the report here (a folder: <folder>/<fingerprint>.json)")
+    p.add_argument("--plot", help="draw the Pareto chart (latency against MACs, or --accuracy) as PNG here")
+    p.add_argument("--accuracy", help="results CSV/JSON with model and top1 (e.g. edgezoo validate --json)")
+    p.add_argument("--curve", help="with --sizes: draw latency against input pixels as PNG here")
+    p.add_argument("--work", help="keep the exported artifacts in this folder (default: a temporary one)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", "-v", action="store_true", help="print the exporters' progress lines")
+    p.add_argument("--list-runtimes", action="store_true", help="list runtimes, precisions and what is available")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,106 @@
+"""The latency protocol every runtime is timed with: warm-up, then timed runs until N runs or T seconds.
+
+    stats = measure({"ez": run_ez, "timm": run_timm}, Protocol(runs=200, max_seconds=10))
+    stats["ez"].p50_ms / stats["timm"].p50_ms       # a ratio from one run: stable on a shared machine
+
+Several callables are *interleaved*: each round runs every one of them once, in an order that
+alternates from round to round, so load from other processes on a shared CPU hits all of them
+alike. Timing uses :func:`time.perf_counter_ns` around each call; the statistics are the median
+(p50), the 90th percentile (p90, linear interpolation), the minimum and the mean of the timed runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgezoo.errors import InvalidArgumentError
+
+__all__ = ["Protocol", "Stats", "measure", "summarise"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to warm up and time.
+
+    ``warmup`` untimed calls of each callable first; then rounds until every callable has
+    ``runs`` timed calls or ``max_seconds`` of timed rounds have passed, whichever comes first
+    (at least ``min_runs`` calls each, so a slow model still gets statistics).
+    """
+
+    warmup: int = 10
+    runs: int = 100
+    max_seconds: float = 10.0
+    min_runs: int = 3
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise InvalidArgumentError(f"warm-up runs must be >= 0, got {self.warmup}")
+        if self.runs < 1:
+            raise InvalidArgumentError(f"--runs must be >= 1, got {self.runs}")
+        if self.max_seconds <= 0:
+            raise InvalidArgumentError(f"--seconds must be > 0, got {self.max_seconds}")
+        if self.min_runs < 1:
+            raise InvalidArgumentError(f"min_runs must be >= 1, got {self.min_runs}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of one callable's timed runs (milliseconds)."""
+
+    p50_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    runs: int
+    seconds: float  # wall time of this callable's timed calls, summed
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def summarise(times_s: list[float] | np.ndarray) -> Stats:
+    """:class:`Stats` of a list of durations in seconds."""
+    t = np.asarray(times_s, dtype=np.float64) * 1e3
+    if t.size == 0:
+        raise ValueError("no timed runs")
+    p50, p90 = np.percentile(t, [50, 90])
+    return Stats(p50_ms=float(p50), p90_ms=float(p90), min_ms=float(t.min()), mean_ms=float(t.mean()),
+                 runs=int(t.size), seconds=float(t.sum() / 1e3))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - start) * 1e-9
+
+
+def measure(fns: Mapping[str, Callable[[], object]], protocol: Protocol | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, Stats]:
+    """Time each callable of ``fns`` by ``protocol``, interleaved; ``{key: Stats}``."""
+    protocol = protocol or Protocol()
+    keys = list(fns)
+    if not keys:
+        return {}
+    for key in keys:
+        for _ in range(protocol.warmup):
+            fns[key]()
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    start = clock()
+    rounds = 0
+    while True:
+        order = keys if rounds % 2 == 0 else keys[::-1]
+        for key in order:
+            times[key].append(_timed(fns[key]))
+        rounds += 1
+        if rounds >= protocol.runs:
+            break
+        if rounds >= protocol.min_runs and clock() - start >= protocol.max_seconds:
+            break
+    return {k: summarise(v) for k, v in times.items()}

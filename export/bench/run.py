@@ -1,0 +1,242 @@
+"""``edgezoo.export.bench.bench``: models x input sizes x runtimes x precisions x batches -> one report.
+
+    from edgezoo.export.bench import bench, parse_runtimes
+    report = bench(["ez_efficientvit_m0"], parse_runtimes("torch,ort,ort-int8"), batches=[1, 16])
+    report["records"][0]["latency_ms"]["p50"]
+
+Every record is timed by :func:`edgezoo.export.bench.protocol.measure` (the same protocol for every
+runtime); peak memory is the rise of the process's peak RSS while the artifact loads and warms up
+(host runtimes only). A runtime that is not installed, or a precision this CPU cannot compute
+natively, is a record with status ``absent`` and the reason; an export or a run that fails is a record
+with status ``failed`` and the error's first line. With ``compare_timm`` each model is paired with
+timm's model carrying the same weights (:mod:`edgezoo.export.bench.timm_pair`); the two are exported
+by the same exporter, loaded in the same runtime and timed interleaved, and the edgezoo record gets
+``compare.ratio_p50`` (edgezoo / timm: below 1 is faster).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgezoo.errors import InvalidArgumentError
+from edgezoo.export.bench.fingerprint import fingerprint
+from edgezoo.export.bench.memory import PeakRss
+from edgezoo.export.bench.protocol import Protocol, Stats, measure
+from edgezoo.export.bench.runtime import Artifacts, BenchItem, Runner, Runtime
+
+__all__ = ["SCHEMA", "bench", "check_threads", "smallest_per_family"]
+
+SCHEMA = "edgezoo.bench/1"
+
+
+def check_threads(threads: int | None) -> int:
+    """``threads`` validated (default: the cores this process may use)."""
+    if threads is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads < 1:
+        raise InvalidArgumentError(f"--threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+
+
+def _family(name: str) -> str | None:
+    from edgezoo._registry import _SPECS
+
+    spec = _SPECS.get(name)
+    return spec.family if spec else None
+
+
+def _item(source: Any, img_size: int | None, threads: int, work: Path, calib: str, log: Callable[[str], None],
+          name: str | None = None, deploy: bool = True) -> BenchItem:
+    """A :class:`BenchItem` of ``source`` (deploy form unless ``deploy`` is false: then as it is, eval mode)."""
+    from edgezoo.export import prepare
+    from edgezoo.export.source import resolve_source
+    from edgezoo.profile import count_macs, count_params
+
+    if deploy:
+        src = prepare(source, model=name, img_size=img_size)
+    else:
+        src = resolve_source(source, model=name, img_size=img_size)
+        src.model = src.model.eval().float()
+        src.model._edgezoo_deploy = True  # type: ignore[assignment]  # export takes it as it is: no fuse
+    if img_size:
+        src.input_size = (src.input_size[0], img_size, img_size)
+    item = BenchItem(src=src, artifacts=Artifacts(src, work, calib=calib, log=log), threads=threads)
+    item.extra["params"] = count_params(src.model)
+    item.extra["macs"] = int(count_macs(src.model, src.input_size))
+    return item
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _load_warm(rt: Runtime, item: BenchItem, precision: str, batch: int, warmup: int) -> tuple[Runner, float | None]:
+    """Load ``item`` into ``rt`` and run the warm-up; ``(runner, peak MB of doing so)``."""
+    x = item.example(batch)
+    with PeakRss() as peak:
+        runner = rt.load(item, precision, batch)
+        for _ in range(max(warmup, 1)):
+            runner(x)
+    return runner, (peak.mb if rt.host_memory else None)
+
+
+def _agreement(runner: Runner, item: BenchItem, images: int, calib: str) -> dict[str, Any]:
+    """Top-1 agreement of ``runner`` (batch 1) with the PyTorch deploy form on ``images`` held-out images."""
+    import torch
+
+    from edgezoo.export.calib import load_calibration
+
+    held = load_calibration(calib, item.src, n=1, held_out=images).held_out
+    with torch.inference_mode():
+        ref = item.src.model(held).argmax(1).numpy()
+    got = np.array([int(np.argmax(runner(held[i:i + 1].numpy()))) for i in range(len(held))])
+    return {"top1_agreement": float((got == ref).mean()), "images": len(held), "calib": calib}
+
+
+def _record(item: BenchItem, rt: Runtime, precision: str, batch: int, fp_id: str, **fields: Any) -> dict[str, Any]:
+    src = item.src
+    return {"model": src.name, "family": _family(src.name), "source": src.origin, "img_size": src.input_size[1],
+            "runtime": rt.name, "precision": precision, "batch": batch, "threads": item.threads,
+            "params": item.extra.get("params"), "macs": item.extra.get("macs"), "fingerprint": fp_id, **fields}
+
+
+def _timed(stats: Stats, batch: int, memory: float | None) -> dict[str, Any]:
+    return {"status": "ok", "latency_ms": {"p50": round(stats.p50_ms, 4), "p90": round(stats.p90_ms, 4),
+                                           "min": round(stats.min_ms, 4), "mean": round(stats.mean_ms, 4)},
+            "runs": stats.runs, "seconds": round(stats.seconds, 3),
+            "throughput_ips": round(batch * 1e3 / stats.p50_ms, 2), "peak_memory_mb": memory}
+
+
+def _run_one(items: list[BenchItem], rt: Runtime, precision: str, batch: int, protocol: Protocol, fp_id: str,
+             agree: int, calib: str) -> list[dict[str, Any]]:
+    """Records of ``items`` (one, or an edgezoo/timm pair timed interleaved) on one runtime/precision/batch."""
+    reason = rt.absent() or rt.precision_absent(precision)
+    if reason:
+        return [_record(it, rt, precision, batch, fp_id, status="absent", reason=reason) for it in items]
+    runners: dict[str, Runner] = {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        memory = {}
+        for it in items:
+            runners[it.name], memory[it.name] = _load_warm(rt, it, precision, batch, protocol.warmup)
+        xs = {it.name: it.example(batch) for it in items}
+        stats = measure({k: (lambda r=r, x=xs[k]: r(x)) for k, r in runners.items()},
+                        Protocol(warmup=0, runs=protocol.runs, max_seconds=protocol.max_seconds,
+                                 min_runs=protocol.min_runs))
+        for it in items:
+            out[it.name] = _record(it, rt, precision, batch, fp_id, **_timed(stats[it.name], batch, memory[it.name]))
+            if agree and batch == 1:
+                out[it.name]["agreement"] = _agreement(runners[it.name], it, agree, calib)
+    except Exception as err:  # one failed runtime is a record, never the end of the benchmark
+        return [_record(it, rt, precision, batch, fp_id, status="failed", error=_first_line(err)) for it in items]
+    finally:
+        runners.clear()
+        gc.collect()
+    return list(out.values())
+
+
+def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float) -> None:
+    """Add ``compare`` (edgezoo / timm) to the edgezoo record of a pair, ``pair_of`` to timm's."""
+    ez, ref = records
+    ref["role"], ref["pair_of"], ez["role"] = "timm", ez["model"], "edgezoo"
+    ez["compare"] = {"timm_model": timm_name, "outputs_rel_err": rel_err}
+    if ez["status"] == "ok" and ref["status"] == "ok":
+        ez["compare"].update(timm_latency_ms=ref["latency_ms"],
+                             ratio_p50=round(ez["latency_ms"]["p50"] / ref["latency_ms"]["p50"], 4),
+                             ratio_min=round(ez["latency_ms"]["min"] / ref["latency_ms"]["min"], 4))
+
+
+def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: bool, threads: int, work: Path,
+            calib: str, log: Callable[[str], None]) -> list[tuple[list[BenchItem], tuple[str, float] | None]]:
+    """``[(items, pair info)]``: one item per source and size, or an (edgezoo, timm) pair with ``compare_timm``."""
+    from edgezoo.export.bench.timm_pair import make_pair
+
+    groups = []
+    for source in sources:
+        for size in sizes:
+            if not compare_timm:
+                groups.append(([_item(source, size, threads, work, calib, log)], None))
+                continue
+            if not isinstance(source, str) or Path(source).suffix:
+                raise InvalidArgumentError(f"--compare-timm takes model names (it maps timm's weights into edgezoo's "
+                                           f"model), not {source!r}")
+            pair = make_pair(source, size)
+            ez = _item(pair.ez, size, threads, work, calib, log, name=source)
+            ref = _item(pair.timm, size, threads, work, calib, log, name=pair.timm_slug, deploy=False)
+            for it in (ez, ref):  # timm's random init: int8 agreement is reported, not gated
+                it.src.trained, it.src.origin = False, f"random weights (timm's init, shared with {source})"
+            groups.append(([ez, ref], (pair.timm_name, pair.rel_err)))
+    return groups
+
+
+def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, batches: Sequence[int] = (1,),
+          threads: int | None = None, img_sizes: Sequence[int | None] = (None,), protocol: Protocol | None = None,
+          compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
+          progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark ``sources`` (names, checkpoints or modules) and return the report (see the module docstring)."""
+    from tqdm import tqdm
+
+    threads = check_threads(threads)
+    if any(b < 1 for b in batches):
+        raise InvalidArgumentError(f"--batch sizes must be >= 1, got {list(batches)}")
+    if any(s is not None and s < 16 for s in img_sizes):
+        raise InvalidArgumentError(f"--img-size must be >= 16, got {list(img_sizes)}")
+    log = log or (lambda m: None)
+    protocol = protocol or Protocol()
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="edgezoo-bench-"))
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    records: list[dict[str, Any]] = []
+    try:
+        with _torch_threads(threads):
+            groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log)  # bad input fails here
+            fp = fingerprint(threads)
+            tasks = [(g, rt, p, b) for g in groups for rt, precs in runtimes for p in precs for b in batches]
+            bar = tqdm(tasks, disable=not progress, unit="run", dynamic_ncols=True, leave=False)
+            for (items, pair), rt, prec, batch in bar:
+                bar.set_description(f"{items[0].name}@{items[0].src.input_size[1]} {rt.name} {prec} b{batch}")
+                recs = _run_one(items, rt, prec, batch, protocol, fp["id"], agree, calib)
+                if pair is not None:
+                    _pair_records(recs, *pair)
+                records.extend(recs)
+            bar.close()
+    finally:
+        if not work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"schema": SCHEMA, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "fingerprint": fp, "protocol": protocol.to_dict(), "records": records}
+
+
+def smallest_per_family() -> list[str]:
+    """The edgezoo model with the fewest MACs (at its default size) in each family, in the families' order."""
+    from edgezoo import FAMILIES, get_spec, list_models
+    from edgezoo.profile import profile_model
+
+    best: dict[str, tuple[int, str]] = {}
+    for name in list_models():
+        fam = get_spec(name).family
+        macs = profile_model(name).macs
+        if fam not in best or macs < best[fam][0]:
+            best[fam] = (macs, name)
+    return [best[f][1] for f in FAMILIES if f in best]

@@ -1,0 +1,166 @@
+"""The runtime-adapter contract and registry, and the artifacts the adapters time.
+
+An adapter (one small module each: ``rt_torch``, ``rt_ort``, ``rt_executorch``, ``rt_openvino``,
+``rt_tensorrt``, ``rt_coreml``) subclasses :class:`Runtime`, decorates it with
+:func:`register_runtime` and implements :meth:`Runtime.load`, which returns a *runner*: a
+callable taking an NCHW float32 array and returning the logits as a numpy array. The adapters never
+convert anything themselves: :class:`Artifacts` makes every file with :func:`edgezoo.export.export`
+(the same exporters, options and parity gates as ``edgezoo export``), once per format, precision
+and batch.
+
+Why under ``export/``: the adapters consume the exporters' artifacts and their runtimes are the
+exporters' gates' runtimes; a benchmark is the last step of the export pipeline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgezoo.errors import InvalidArgumentError
+
+__all__ = ["Artifacts", "BenchFailure", "BenchItem", "Runner", "Runtime", "get_runtime", "list_runtimes",
+           "parse_runtimes", "register_runtime"]
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class BenchFailure(RuntimeError):
+    """A runtime could not produce or run the artifact (the export failed its gate, the runtime raised...)."""
+
+
+class Artifacts:
+    """Exported files of one :class:`edgezoo.export.Source`, made on first request and reused.
+
+    ``get("onnx", "int8", 1)`` returns the path of the static-batch-1 int8 ONNX file, exported with
+    :func:`edgezoo.export.export`; a failed export raises :class:`BenchFailure` with its summary.
+    """
+
+    def __init__(self, src: Any, work_dir: Path, calib: str = "digits", calib_size: int = 32,
+                 log: Callable[[str], None] = lambda m: None) -> None:
+        self.src, self.work_dir, self.calib, self.calib_size, self.log = src, Path(work_dir), calib, calib_size, log
+        self._done: dict[tuple[str, str, int, frozenset], Any] = {}
+
+    def get(self, fmt: str, precision: str, batch: int, **options: Any) -> Path:
+        from edgezoo.export import export
+
+        key = (fmt, precision, batch, frozenset(options.items()))
+        if key not in self._done:
+            _, h, _ = self.src.input_size
+            out = self.work_dir / f"{self.src.name}-{h}px-b{batch}"
+            self._done[key] = export(self.src, fmt, out, batch=batch, precision=precision, calib=self.calib,
+                                     calib_size=self.calib_size, log=self.log, **options)
+        res = self._done[key]
+        if not res.ok:
+            raise BenchFailure(f"export failed: {res.summary()}")
+        return Path(res.path)
+
+    def parity(self, fmt: str, precision: str, batch: int) -> dict[str, Any]:
+        """The parity figures of an artifact already made (``{}`` if none)."""
+        res = next((r for (f, p, b, _), r in self._done.items() if (f, p, b) == (fmt, precision, batch)), None)
+        return dict(res.parity) if res is not None else {}
+
+
+@dataclass
+class BenchItem:
+    """One model at one input size, ready to load into runtimes (its deploy form and its artifacts)."""
+
+    src: Any  # edgezoo.export.source.Source, model in deploy form
+    artifacts: Artifacts
+    threads: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.src.name
+
+    def example(self, batch: int) -> np.ndarray:
+        """A fixed, seeded input of ``batch`` images at the item's size."""
+        c, h, w = self.src.input_size
+        return np.random.default_rng(0).standard_normal((batch, c, h, w), dtype=np.float32)
+
+
+class Runtime(ABC):
+    """One way of executing a model. Subclasses set the class attributes and implement ``load``."""
+
+    #: registry name used by ``--runtime``, e.g. ``"ort-int8"``
+    name: ClassVar[str]
+    #: precisions it runs; the first is the default
+    precisions: ClassVar[tuple[str, ...]]
+    #: the pip extra that installs it
+    extra: ClassVar[str] = "export"
+    #: import names it needs
+    modules: ClassVar[tuple[str, ...]] = ()
+    #: one line for ``edgezoo bench --list-runtimes``
+    description: ClassVar[str] = ""
+    #: whether the peak-RSS figure means anything (host memory), else ``None`` is reported
+    host_memory: ClassVar[bool] = True
+
+    def absent(self) -> str | None:
+        """Why this runtime cannot run here (not installed, no GPU, not macOS); ``None``: it can."""
+        for module in self.modules:
+            if importlib.util.find_spec(module) is None:
+                return f"{module} is not installed (pip install \"edgezoo[{self.extra}]\")"
+        return None
+
+    def precision_absent(self, precision: str) -> str | None:
+        """Why ``precision`` cannot run on this machine (e.g. bf16 without AMX/AVX512-BF16); ``None``: it can."""
+        return None
+
+    @abstractmethod
+    def load(self, item: BenchItem, precision: str, batch: int) -> Runner:
+        """Make (via :class:`Artifacts`) and load the artifact; return a runner for ``batch`` images."""
+
+
+_RUNTIMES: dict[str, Runtime] = {}
+
+
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    """Class decorator: add a :class:`Runtime` under ``cls.name``."""
+    for attr in ("name", "precisions"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"runtime {cls.__name__} does not define {attr}")
+    _RUNTIMES[cls.name] = cls()
+    return cls
+
+
+def list_runtimes() -> list[str]:
+    """Registered runtime names, in registration order."""
+    return list(_RUNTIMES)
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime called ``name``; an unknown name raises an error naming close ones."""
+    key = name.strip().lower()
+    if key in _RUNTIMES:
+        return _RUNTIMES[key]
+    close = difflib.get_close_matches(key, list(_RUNTIMES), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise InvalidArgumentError(f"unknown runtime {name!r}: {hint}runtimes: {', '.join(_RUNTIMES)}, or all")
+
+
+def parse_runtimes(spec: str) -> list[tuple[Runtime, list[str]]]:
+    """``"torch,ort,openvino:bf16"`` or ``"all"`` -> ``[(runtime, [precisions])]`` (a precision after ``:``)."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise InvalidArgumentError("--runtime is empty: name runtimes, e.g. --runtime torch,ort, or all")
+    if items == ["all"]:
+        return [(rt, list(rt.precisions)) for rt in _RUNTIMES.values()]
+    out: dict[str, tuple[Runtime, list[str]]] = {}
+    for item in items:
+        name, _, prec = item.partition(":")
+        rt = get_runtime(name)
+        if prec and prec not in rt.precisions:
+            raise InvalidArgumentError(f"runtime {rt.name!r} runs {', '.join(rt.precisions)}, not {prec!r}")
+        entry = out.setdefault(rt.name, (rt, []))
+        for p in [prec] if prec else rt.precisions:
+            if p not in entry[1]:
+                entry[1].append(p)
+    return list(out.values())
