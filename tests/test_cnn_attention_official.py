@@ -49,6 +49,8 @@ def _load_and_compare(name: str, source: nn.Module, tmp_path, tol: float = 1e-5,
 @pytest.mark.parametrize(("name", "depth", "attn_name", "attn_fn"), [
     ("ez_resnet18_eca", 18, "eca", lambda c, i: EcaLayer(ECA_K[18][i])),
     pytest.param("ez_resnet50_eca", 50, "eca", lambda c, i: EcaLayer(ECA_K[50][i]), marks=pytest.mark.slow),
+    pytest.param("ez_resnet50_cbam", 50, "cbam", lambda c, i: CbamRef(c, 16), marks=pytest.mark.slow),
+    pytest.param("ez_resnet50_triplet", 50, "triplet_attention", lambda c, i: TripletRef(7), marks=pytest.mark.slow),
     ("ez_resnet18_cbam", 18, "cbam", lambda c, i: CbamRef(c, 16)),
     ("ez_resnet18_triplet", 18, "triplet_attention", lambda c, i: TripletRef(7)),
 ])
@@ -109,5 +111,7 @@ def test_released_eca_checkpoint_does_not_fit_timm_kernels(tmp_path) -> None:
     """ECA-Net's released ECA-ResNet-18 has other kernels than timm's formula: a clear shape error."""
     source = ResNetRef(18, "eca", lambda c, i: EcaLayer(ECA_K[18][i]))
     _save_official(source, tmp_path / "eca.pth")
-    with pytest.raises(CheckpointError, match=r"layer3\.0\.se\.conv\.weight \(1, 1, 7\) vs model \(1, 1, 5\)"):
+    with pytest.raises(CheckpointError, match=r"layer3\.0\.se\.conv\.weight \(1, 1, 7\) vs model \(1, 1, 5\)") as err:
         edgezoo.load_checkpoint(timm.create_model("ez_resnet18_eca", layout="timm"), tmp_path / "eca.pth")
+    assert "layout='timm'; timm's seresnet/ecaresnet checkpoints need 'timm', the papers' released ones 'paper'" in str(
+        err.value)

@@ -108,8 +108,11 @@ def _check_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, name: str
         parts.append(f"{len(unexpected)} unexpected [{_summarise(unexpected)}]")
     if shapes:
         parts.append(f"{len(shapes)} wrongly shaped [{_summarise(shapes, 3)}]")
+    layout = getattr(model, "attn_layout", None)  # CNN-attention models: which variant's widths/kernels
+    hint = (f" or layout= (this one is layout={layout!r}; timm's seresnet/ecaresnet checkpoints need 'timm', "
+            f"the papers' released ones 'paper')" if layout and shapes else "")
     raise CheckpointError(
-        f"checkpoint does not match {name}: {'; '.join(parts)}. Check the model name and num_classes, "
+        f"checkpoint does not match {name}: {'; '.join(parts)}. Check the model name and num_classes{hint}, "
         f"or pass strict=False to load only the matching keys"
     )
 
