@@ -450,6 +450,30 @@ def _make_entrypoint(name: str, build, doc: str):
     return register(FAMILY, checkpoint_filter_fn)(entrypoint)
 
 
+#: What each model reproduces and the published parameter count ("their count": the authors'
+#: own counter, which differs from timm's/torchvision's count of the same trunk).
+_REPRODUCES = {
+    "ez_resnet18_se": "SE-ResNet-18 of SENet (C//16 widths; layout='timm' builds timm's seresnet18).",
+    "ez_resnet50_se": "SE-ResNet-50 of SENet (28.09M published) on timm's ResNet-50, as timm's seresnet50; "
+                      "layout='cadene' builds the SENet release's Caffe strides (legacy_seresnet50).",
+    "ez_resnet18_cbam": "CBAM-ResNet-18 of the CBAM release (Jongchan/attention-module).",
+    "ez_resnet50_cbam": "CBAM-ResNet-50 of the CBAM release: 28.09M published.",
+    "ez_resnet18_eca": "ECA-Net's released eca_resnet18_k3577 (11.15M their count; ResNet-18 + 44).",
+    "ez_resnet50_eca": "ECA-Net's released eca_resnet50_k3557: ResNet-50 + 80 published (24.37M their count).",
+    "ez_resnet18_triplet": "the triplet-attention release's ResNet-18 (k=7).",
+    "ez_resnet50_triplet": "the triplet-attention release's ResNet-50 (k=7): 25.56M published.",
+    "ez_resnet18_ela": "ELA-B in ResNet-18 as the ELA paper's ResNets; no published count reproduced.",
+    "ez_resnet50_ela": "ELA-B in ResNet-50 as the ELA paper's ResNets; no published count reproduced.",
+    "ez_resnet18_ca": "an edgezoo combination (the CA paper has no ResNet); no published count.",
+    "ez_resnet50_ca": "an edgezoo combination (the CA paper has no ResNet); no published count.",
+    "ez_mobilenetv2_se": "the CA paper's MobileNetV2 + SE (r=24, none in the t=1 block): 3.89M published.",
+    "ez_mobilenetv2_cbam": "the CA paper's MobileNetV2 + CBAM (r=24, none in the t=1 block): 3.89M published.",
+    "ez_mobilenetv2_ca": "the CA release's MobileNetV2 (mbv2_ca): 3.95M published.",
+    "ez_mobilenetv2_eca": "ECA-Net's released eca_mobilenetv2_k13 (3.34M their count; MobileNetV2 + 25).",
+    "ez_mobilenetv2_triplet": "the triplet-attention release's MobileNetV2 (k=3): 3.506M published.",
+    "ez_mobilenetv2_ela": "ELA-T in the CA paper's MobileNetV2 setup (edgezoo's choice); no published count.",
+}
+
 _PLACEMENT = {
     "resnet": "after the last BatchNorm of each residual branch, before the addition",
     "mid": "after the depthwise conv, on the expanded channels",
@@ -461,10 +485,11 @@ for _trunk in _RESNETS:
         _make_entrypoint(
             f"ez_{_trunk}_{_attn}", partial(_resnet, trunk=_trunk, attn=_attn),
             f"{_trunk.replace('resnet', 'ResNet-')} with {_attn.upper()} ({ATTN_PAPERS[_attn]}) "
-            f"{_PLACEMENT['resnet']}.",
+            f"{_PLACEMENT['resnet']}. Reproduces {_REPRODUCES[f'ez_{_trunk}_{_attn}']}",
         )
 for _attn in _ATTNS:
     _make_entrypoint(
         f"ez_mobilenetv2_{_attn}", partial(_mobilenetv2, attn=_attn),
-        f"MobileNetV2 1.0 with {_attn.upper()} ({ATTN_PAPERS[_attn]}) {_PLACEMENT[MOBILENETV2_ATTN_POSITION[_attn]]}.",
+        f"MobileNetV2 1.0 with {_attn.upper()} ({ATTN_PAPERS[_attn]}) {_PLACEMENT[MOBILENETV2_ATTN_POSITION[_attn]]}. "
+        f"Reproduces {_REPRODUCES[f'ez_mobilenetv2_{_attn}']}",
     )
