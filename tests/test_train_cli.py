@@ -1,14 +1,10 @@
 """``edgezoo train`` / ``edgezoo validate`` through the command line: bad input, the digits
-accuracy bar, DDP under torchrun, and SIGKILL + ``--resume``."""
+accuracy bar and DDP under torchrun (kills and ``--resume``: tests/test_train_resume.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,19 +13,10 @@ import torch
 
 import edgezoo
 from edgezoo.train import resolve_config, run
+from tests.train_helpers import ENV, TINY, edgezoo_cmd
+from tests.train_helpers import rows as _rows
 
-TINY = "test_resnet"  # timm's tiny ResNet: the engine tests need a fast model, not an edgezoo one
 CNN = "ez_resnet18_eca"  # the CI model for the 97% digits bar
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # pytest -n 2: one core per worker
-
-
-def edgezoo_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edgezoo.cli", *args]
-
-
-def _rows(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _best_top1(rows: list[dict]) -> float:
@@ -102,56 +89,6 @@ def test_ddp_two_processes_match_one(tmp_path: Path):
     assert ddp["val_top1"] > 90 and single["val_top1"] > 90
     assert abs(ddp["val_top1"] - single["val_top1"]) <= 3.0
     assert abs(ddp["ema_val_top1"] - single["ema_val_top1"]) <= 3.0
-
-
-def test_sigkill_mid_epoch_then_resume(tmp_path: Path):
-    out = tmp_path / "kill"
-    argv = ["train", "--model", TINY, "--data", "digits", "--img-size", "32", "--epochs", "3", "--output", str(out)]
-    seen, bad = [0], []
-    stop = threading.Event()
-
-    def watch():  # the checkpoint must load at every moment
-        while not stop.is_set():
-            for name in ("last.pth", "best.pth"):
-                path = out / name
-                if path.exists():
-                    try:
-                        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
-                        seen[0] += 1
-                        assert 1 <= epoch <= 3
-                    except FileNotFoundError:
-                        pass
-                    except Exception as err:  # a torn or partial file
-                        bad.append(f"{name}: {type(err).__name__}: {err}")
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        proc = subprocess.Popen(edgezoo_cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=ENV)
-        deadline = time.time() + 300
-        while not _rows(out) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        time.sleep(1.0)  # into epoch 2
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert len(_rows(out)) < 3
-        done = subprocess.run(edgezoo_cmd(*argv, "--resume"), capture_output=True, text=True, env=ENV, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-    finally:
-        stop.set()
-        watcher.join()
-    assert not bad, bad
-    assert seen[0] > 0
-    assert [r["epoch"] for r in _rows(out)] == [1, 2, 3]
-    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 3
-    assert not list(out.glob(".*.tmp"))
-    val = subprocess.run(edgezoo_cmd("validate", TINY, "--checkpoint", str(out / "last.pth"), "--data", "digits",
-                                     "--json"), capture_output=True, text=True, env=ENV, timeout=300)
-    assert val.returncode == 0, val.stderr[-2000:]
-    assert json.loads(val.stdout)["top1"] == pytest.approx(_rows(out)[-1]["val_top1"])
 
 
 def _smallest_per_family() -> list[str]:

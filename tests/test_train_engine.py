@@ -17,20 +17,10 @@ from torch import nn
 from edgezoo.train import resolve_config, run, train_digits, validate_checkpoint
 from edgezoo.train.engine import Trainer, TrainingDivergedError
 from edgezoo.train.losses import DistillationLoss
+from tests.train_helpers import TINY, tiny
+from tests.train_helpers import rows as _rows
 
-TINY = "test_resnet"
 STEPS = 1437 // 32  # digits train images / batch 32 (drop_last)
-
-
-def tiny(out: Path, epochs: int = 2, *sets: str):
-    return resolve_config(model=TINY, data="digits", sched__epochs=epochs, data__img_size=32,
-                          run__output=str(out), overrides=["run.progress=false", "run.threads=1", *sets])
-
-
-def _rows(out: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 class _Stop(Exception):

@@ -17,6 +17,14 @@ TINY = "test_resnet"  # timm's tiny ResNet: the engine tests need a fast model, 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # pytest -n 2: one core per worker
 
 
+def tiny(out: Path, epochs: int = 2, *sets: str):
+    """The tiny recipe: timm's test_resnet on digits at 32 px, one thread, no progress bar."""
+    from edgezoo.train import resolve_config
+
+    return resolve_config(model=TINY, data="digits", sched__epochs=epochs, data__img_size=32, run__output=str(out),
+                          overrides=["run.progress=false", "run.threads=1", *sets])
+
+
 def edgezoo_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgezoo.cli", *args]
 
