@@ -13,8 +13,7 @@ import torch
 from edgezoo.train import resolve_config, run
 from edgezoo.train.config import config_dir
 from edgezoo.train.data import source_of
-from edgezoo.train.engine import Trainer
-from tests.train_helpers import TINY, load_last, rows, without_time
+from tests.train_helpers import TINY, Stop, load_last, rows, stop_after_mid_epoch_save, without_time
 
 pytest.importorskip("webdataset")
 
@@ -82,23 +81,13 @@ def test_source_prefixes():
     assert source_of("/data/imagenet") == ("folder", "/data/imagenet") and source_of("digits") == ("digits", "")
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_wds_mid_epoch_resume_replays_the_stream_exactly(small_shards: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
     """A stream has no index to seek to: the resumed run re-reads the consumed batches and drops them."""
     shards = small_shards
     run(wds_cfg(shards, tmp_path / "a", 2, "data.img_size=16"))
-    save = Trainer._save_position
-
-    def save_then_stop(self, *args):  # a run killed right after its first mid-epoch checkpoint
-        save(self, *args)
-        raise _Stop
-
-    monkeypatch.setattr(Trainer, "_save_position", save_then_stop)
-    with pytest.raises(_Stop):
+    stop_after_mid_epoch_save(monkeypatch)  # a run killed right after its first mid-epoch checkpoint
+    with pytest.raises(Stop):
         run(wds_cfg(shards, tmp_path / "b", 2, "data.img_size=16", "run.save_every_steps=11"))
     monkeypatch.undo()
     state = load_last(tmp_path / "b")

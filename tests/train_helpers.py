@@ -66,6 +66,23 @@ def wait_for_checkpoint(out: Path, proc: subprocess.Popen, ok: Any, timeout: flo
     raise AssertionError(f"no matching checkpoint in {out} (process exit code {proc.poll()})")
 
 
+class Stop(Exception):
+    """Raised by :func:`stop_after_mid_epoch_save`: a run "killed" right after a checkpoint."""
+
+
+def stop_after_mid_epoch_save(monkeypatch: Any) -> None:
+    """Make the next mid-epoch checkpoint the last thing a run does (it then raises :class:`Stop`)."""
+    from edgezoo.train.engine import Trainer
+
+    save = Trainer._save_position
+
+    def save_then_stop(self: Trainer, *args: Any) -> None:
+        save(self, *args)
+        raise Stop
+
+    monkeypatch.setattr(Trainer, "_save_position", save_then_stop)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
