@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 JOBS    ?= 2
 
-.PHONY: demo test test-all lint bench table export-matrix int8-table clean
+.PHONY: demo test test-all lint bench bench-runtimes bench-timm bench-curve bench-table table export-matrix int8-table clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,10 +28,31 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# onnxruntime CPU latency of edgezoo's deploy form against timm's same model, one per family
-bench: $(STAMP)
-	$(BIN)/python scripts/speed_vs_timm.py efficientvit_m0 shvit_s1 focalnet_tiny_srf efficientvit_b1 \
-		--runs 200 --json bench.json
+# Latency on every runtime present here (edgezoo bench; absent runtimes are recorded as absent):
+# the smallest model of each family, the ratios against timm's same models, the cost curve
+# (latency against input size), each as bench/results/<fingerprint>[-timm|-sizes].json, then the
+# README's speed section is regenerated from them.
+BENCH_OUT  ?= bench/results/
+BENCH_THREADS ?= 2
+BENCH_TIMM ?= ez_efficientvit_m0 ez_shvit_s1 ez_focalnet_tiny_srf ez_efficientvit_b0 ez_efficientvit_b1 \
+	ez_resnet18_cbam ez_resnet50_se
+bench: bench-runtimes bench-timm bench-curve bench-table
+
+bench-runtimes: $(STAMP)
+	$(BIN)/pip install -q -e ".[openvino]"
+	-$(BIN)/edgezoo bench --smallest --runtime all --batch 1,16 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
+		--plot $(BENCH_OUT)pareto.png -q
+
+bench-timm: $(STAMP)
+	-$(BIN)/edgezoo bench $(BENCH_TIMM) --compare-timm --runtime ort --runs 300 --threads $(BENCH_THREADS) \
+		--json $(BENCH_OUT) -q
+
+bench-curve: $(STAMP)
+	-$(BIN)/edgezoo bench --smallest --runtime ort --sizes 128,192,256,384,512 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
+		--curve $(BENCH_OUT) -q
+
+bench-table: $(STAMP)
+	$(BIN)/python scripts/bench_table.py $(BENCH_OUT) --write README.md
 
 table: $(STAMP)
 	$(BIN)/python scripts/model_table.py --write README.md

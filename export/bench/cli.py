@@ -53,13 +53,14 @@ def _outputs(args: argparse.Namespace, report: dict) -> None:
     from edgezoo.export.bench.plot import cost_curve_png, pareto_png, read_accuracy
     from edgezoo.export.bench.report import output_path, save_report
 
+    suffix = "-timm" if args.compare_timm else "-sizes" if args.sizes else ""
     if args.json:
-        print(f"JSON: {save_report(report, output_path(args.json, report))}")
+        print(f"JSON: {save_report(report, output_path(args.json, report, suffix))}")
     if args.plot:
         accuracy = read_accuracy(args.accuracy) if args.accuracy else None
         print(f"Pareto chart: {pareto_png(report, args.plot, accuracy)}")
     if args.curve:
-        print(f"cost curve: {cost_curve_png(report, args.curve)}")
+        print(f"cost curve: {cost_curve_png(report, output_path(args.curve, report, suffix, '.png'))}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
                    compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
-                   progress=not args.quiet, log=log if args.verbose else (lambda m: None))
+                   model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None))
     print(table(report))
     _outputs(args, report)
     return 1 if any(r["status"] == "failed" for r in report["records"]) else 0
@@ -101,6 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "throughput, peak memory and the device fingerprint. Runtimes missing here are reported absent.",
     )
     p.add_argument("models", nargs="*", metavar="MODEL|CHECKPOINT", help="model names or checkpoints")
+    p.add_argument("--model", help="the model a checkpoint holds, if it does not record it")
     p.add_argument("--smallest", action="store_true", help="add the smallest model (MACs) of each family")
     p.add_argument("--runtime", "-r", default="torch,ort",
                    help="comma-separated runtimes, optionally RUNTIME:PRECISION (e.g. openvino:bf16), or all "
@@ -117,10 +119,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agree", type=int, default=0, metavar="N",
                    help="top-1 agreement with PyTorch on N held-out --calib images, batch-1 records (default 0: off)")
     p.add_argument("--calib", default="digits", help="int8 calibration and --agree images: digits or a folder")
-    p.add_argument("--json", help="write the report here (a folder: <folder>/<fingerprint>.json)")
+    p.add_argument("--json", help="write the report here (a folder: <folder>/<fingerprint>[-timm|-sizes].json)")
     p.add_argument("--plot", help="draw the Pareto chart (latency against MACs, or --accuracy) as PNG here")
     p.add_argument("--accuracy", help="results CSV/JSON with model and top1 (e.g. edgezoo validate --json)")
-    p.add_argument("--curve", help="with --sizes: draw latency against input pixels as PNG here")
+    p.add_argument("--curve", help="with --sizes: draw latency against input pixels as PNG here "
+                                    "(a folder: <fingerprint>-sizes.png)")
     p.add_argument("--work", help="keep the exported artifacts in this folder (default: a temporary one)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="print the exporters' progress lines")

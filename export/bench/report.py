@@ -59,11 +59,11 @@ def validate_report(report: dict[str, Any]) -> None:
                              f"{'reason' if rec['status'] == 'absent' else 'error'}")
 
 
-def output_path(target: str | os.PathLike, report: dict[str, Any], suffix: str = "") -> Path:
-    """``target`` itself, or ``target/<fingerprint id><suffix>.json`` when it is a folder (or ends in ``/``)."""
+def output_path(target: str | os.PathLike, report: dict[str, Any], suffix: str = "", ext: str = ".json") -> Path:
+    """``target`` itself, or ``target/<fingerprint id><suffix><ext>`` when it is a folder (or ends in ``/``)."""
     path = Path(target)
     if path.is_dir() or str(target).endswith(("/", os.sep)):
-        return path / f"{report['fingerprint']['id']}{suffix}.json"
+        return path / f"{report['fingerprint']['id']}{suffix}{ext}"
     return path
 
 

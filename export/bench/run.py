@@ -169,7 +169,8 @@ def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float)
 
 
 def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: bool, threads: int, work: Path,
-            calib: str, log: Callable[[str], None]) -> list[tuple[list[BenchItem], tuple[str, float] | None]]:
+            calib: str, log: Callable[[str], None], model: str | None = None,
+            ) -> list[tuple[list[BenchItem], tuple[str, float] | None]]:
     """``[(items, pair info)]``: one item per source and size, or an (edgezoo, timm) pair with ``compare_timm``."""
     from edgezoo.export.bench.timm_pair import make_pair
 
@@ -177,7 +178,7 @@ def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: b
     for source in sources:
         for size in sizes:
             if not compare_timm:
-                groups.append(([_item(source, size, threads, work, calib, log)], None))
+                groups.append(([_item(source, size, threads, work, calib, log, name=model)], None))
                 continue
             if not isinstance(source, str) or Path(source).suffix:
                 raise InvalidArgumentError(f"--compare-timm takes model names (it maps timm's weights into edgezoo's "
@@ -194,8 +195,11 @@ def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: b
 def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, batches: Sequence[int] = (1,),
           threads: int | None = None, img_sizes: Sequence[int | None] = (None,), protocol: Protocol | None = None,
           compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
-          progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Benchmark ``sources`` (names, checkpoints or modules) and return the report (see the module docstring)."""
+          model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark ``sources`` (names, checkpoints or modules) and return the report (see the module docstring).
+
+    ``model`` names the model a checkpoint holds when the checkpoint does not record it.
+    """
     from tqdm import tqdm
 
     threads = check_threads(threads)
@@ -207,10 +211,11 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     protocol = protocol or Protocol()
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="edgezoo-bench-"))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load = [_load_average()]
     records: list[dict[str, Any]] = []
     try:
         with _torch_threads(threads):
-            groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log)  # bad input fails here
+            groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log, model)  # bad input fails here
             fp = fingerprint(threads)
             tasks = [(g, rt, p, b) for g in groups for rt, precs in runtimes for p in precs for b in batches]
             bar = tqdm(tasks, disable=not progress, unit="run", dynamic_ncols=True, leave=False)
@@ -224,8 +229,17 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     finally:
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    load.append(_load_average())
     return {"schema": SCHEMA, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "fingerprint": fp, "protocol": protocol.to_dict(), "records": records}
+            "load_average_1min": load, "fingerprint": fp, "protocol": protocol.to_dict(), "records": records}
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (how busy a shared machine was), ``None`` where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def smallest_per_family() -> list[str]:

@@ -86,7 +86,7 @@ def make_pair(name: str, img_size: int | None = None, tolerance: float = 1e-4) -
     if label is None:
         raise InvalidArgumentError(f"{name} has no timm counterpart of the same architecture: drop --compare-timm "
                                    f"for it (counterparts: ez_efficientvit_m*, ez_shvit_s*, ez_focalnet_*_srf/lrf, "
-                                   f"ez_efficientvit_b*/l*, ez_resnet18/50_se/eca/cbam)")
+                                   f"ez_efficientvit_b*/l*, timm-width ResNets with SE/ECA/CBAM)")
     build = _SPECIAL[name][1] if name in _SPECIAL else (lambda **kw: timm.create_model(label, **kw))
     ref = _create(build, img_size).eval()
     ez = _create(lambda **kw: edgezoo.create_model(name, **kw), img_size).eval()
@@ -94,7 +94,12 @@ def make_pair(name: str, img_size: int | None = None, tolerance: float = 1e-4) -
     state = ref.state_dict()
     if spec.filter_fn is not None:
         state = spec.filter_fn(state, ez)
-    ez.load_state_dict(state, strict=True)
+    try:
+        ez.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
+        raise InvalidArgumentError(f"{label}'s weights do not map into {name} ({first[:160]}): not the same "
+                                   f"architecture; drop --compare-timm for it") from None
     size = img_size or ez.pretrained_cfg["input_size"][-1]
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -1,0 +1,327 @@
+"""edgezoo bench: the latency protocol on stub workloads, the report schema, absent runtimes, the
+charts, the README section, ``--compare-timm`` and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgezoo.cli import main
+from edgezoo.export.bench import Protocol, Runtime, bench, get_runtime, measure, parse_runtimes, summarise
+from edgezoo.export.bench.fingerprint import cpu_flags, fingerprint_id
+from edgezoo.export.bench.plot import cost_curve_png, fit_exponents, pareto_front, pareto_png, read_accuracy
+from edgezoo.export.bench.report import validate_report
+from edgezoo.export.bench.runtime import _RUNTIMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMALL = "ez_efficientvit_m0"
+
+
+# --- the protocol -------------------------------------------------------------------------------
+
+def test_summarise_statistics() -> None:
+    s = summarise([0.001, 0.002, 0.003, 0.004, 0.005])
+    assert (s.p50_ms, s.min_ms, s.mean_ms, s.runs) == pytest.approx((3.0, 1.0, 3.0, 5))
+    assert s.p90_ms == pytest.approx(4.6)  # linear interpolation between the 4th and 5th values
+    assert s.seconds == pytest.approx(0.015)
+
+
+def test_protocol_on_a_sleep_of_known_duration() -> None:
+    calls = []
+
+    def work() -> None:
+        calls.append(1)
+        time.sleep(0.004)
+
+    stats = measure({"sleep": work}, Protocol(warmup=3, runs=15, max_seconds=30))["sleep"]
+    assert stats.runs == 15 and len(calls) == 3 + 15  # warm-up calls are not timed
+    assert stats.min_ms >= 4.0 and stats.p50_ms == pytest.approx(4.0, abs=3.0)
+    assert stats.min_ms <= stats.p50_ms <= stats.p90_ms
+
+
+def test_protocol_honours_the_time_limit() -> None:
+    start = time.perf_counter()
+    stats = measure({"sleep": lambda: time.sleep(0.01)}, Protocol(warmup=0, runs=100_000, max_seconds=0.15))["sleep"]
+    elapsed = time.perf_counter() - start
+    assert 3 <= stats.runs <= 16  # 0.15 s of 10 ms calls, stopped at the first round past the limit
+    assert elapsed < 0.15 + 0.2
+
+
+def test_protocol_interleaves_and_measures_a_ratio() -> None:
+    order = []
+
+    def fn(key: str, seconds: float):
+        def run() -> None:
+            order.append(key)
+            time.sleep(seconds)
+        return run
+
+    stats = measure({"a": fn("a", 0.003), "b": fn("b", 0.006)}, Protocol(warmup=0, runs=8, max_seconds=30))
+    assert order[:6] == ["a", "b", "b", "a", "a", "b"]  # the order alternates from round to round
+    assert stats["a"].runs == stats["b"].runs == 8
+    assert 0.3 <= stats["a"].p50_ms / stats["b"].p50_ms <= 0.8
+
+
+@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}])
+def test_protocol_rejects_bad_settings(kwargs) -> None:
+    from edgezoo.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError):
+        Protocol(**kwargs)
+
+
+# --- fingerprint --------------------------------------------------------------------------------
+
+def test_cpu_flags_and_fingerprint_id() -> None:
+    info = "model name\t: Test CPU 9000\nflags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_tile amx_bf16\n"
+    flags = cpu_flags(info)
+    assert flags["avx512_bf16"] and flags["amx_bf16"] and not flags["avx512_vnni"]
+    fp = {"cpu": "Test CPU 9000", "flags": flags, "usable_cores": 4, "gpus": []}
+    fid = fingerprint_id(fp)
+    assert fid.startswith("test-cpu-9000-4c-amx-avx512-bf16-")
+    assert fingerprint_id({**fp, "flags": {**flags, "amx_bf16": False}}) != fid  # another machine, another id
+    assert fingerprint_id({**fp, "versions": {"torch": "9"}}) == fid  # versions do not change the machine
+
+
+# --- runtimes: registry, absent, fake workloads through bench() -----------------------------------
+
+class _SleepRuntime(Runtime):
+    """A runtime whose batch-b call sleeps b milliseconds and returns zero logits."""
+
+    name = "test-sleep"
+    precisions = ("fp32", "int8")
+    description = "test stub"
+
+    def load(self, item, precision, batch):
+        def run(x: np.ndarray) -> np.ndarray:
+            time.sleep(0.002 * x.shape[0])
+            return np.zeros((x.shape[0], 10), np.float32)
+        return run
+
+
+class _AbsentRuntime(_SleepRuntime):
+    name = "test-absent"
+
+    def absent(self) -> str | None:
+        return "not installed in this test"
+
+
+class _BrokenRuntime(_SleepRuntime):
+    name = "test-broken"
+
+    def load(self, item, precision, batch):
+        raise RuntimeError("the runtime refused the model\nsecond line")
+
+
+@pytest.fixture
+def fake_runtimes():
+    runtimes = {cls.name: cls() for cls in (_SleepRuntime, _AbsentRuntime, _BrokenRuntime)}
+    _RUNTIMES.update(runtimes)
+    yield runtimes
+    for name in runtimes:
+        _RUNTIMES.pop(name, None)
+
+
+def test_parse_runtimes() -> None:
+    from edgezoo.errors import InvalidArgumentError
+
+    parsed = parse_runtimes("torch, openvino:bf16,ort")
+    expected = [("torch", ["fp32"]), ("openvino", ["bf16"]), ("ort", ["fp32"])]
+    assert [(rt.name, precs) for rt, precs in parsed] == expected
+    assert [rt.name for rt, _ in parse_runtimes("all")][:4] == ["torch", "compile", "ort", "ort-int8"]
+    with pytest.raises(InvalidArgumentError, match="did you mean ort"):
+        get_runtime("onnxrt")
+    with pytest.raises(InvalidArgumentError, match="runs fp32"):
+        parse_runtimes("torch:int8")
+
+
+def test_bench_records_schema_absent_and_failed(fake_runtimes) -> None:
+    runtimes = [(fake_runtimes[n], ["fp32", "int8"]) for n in ("test-sleep", "test-absent", "test-broken")]
+    report = bench([SMALL], runtimes, batches=[1, 4], threads=1, img_sizes=[32], progress=False,
+                   protocol=Protocol(warmup=1, runs=5, max_seconds=5))
+    validate_report(report)
+    json.loads(json.dumps(report))  # plain JSON
+    recs = report["records"]
+    assert len(recs) == 3 * 2 * 2  # model x runtime x precision x batch
+    ok = [r for r in recs if r["runtime"] == "test-sleep"]
+    assert all(r["status"] == "ok" and r["runs"] == 5 and r["img_size"] == 32 for r in ok)
+    b1, b4 = (next(r for r in ok if r["batch"] == b and r["precision"] == "fp32") for b in (1, 4))
+    assert b1["latency_ms"]["min"] >= 2.0 and b4["latency_ms"]["min"] >= 8.0
+    assert b4["throughput_ips"] == pytest.approx(4e3 / b4["latency_ms"]["p50"], rel=1e-3)
+    assert b1["macs"] > 0 and b1["family"] == "cascaded_group" and b1["fingerprint"] == report["fingerprint"]["id"]
+    absent = [r for r in recs if r["runtime"] == "test-absent"]
+    assert {r["status"] for r in absent} == {"absent"} and absent[0]["reason"] == "not installed in this test"
+    broken = [r for r in recs if r["runtime"] == "test-broken"]
+    assert {r["status"] for r in broken} == {"failed"}
+    assert broken[0]["error"] == "RuntimeError: the runtime refused the model"
+    fp = report["fingerprint"]
+    assert fp["threads"] == 1 and "torch" in fp["versions"] and isinstance(fp["flags"], dict)
+
+    broken_report = json.loads(json.dumps(report))
+    del broken_report["records"][0]["latency_ms"]
+    with pytest.raises(ValueError, match="missing 'latency_ms'"):
+        validate_report(broken_report)
+
+
+def test_real_absent_runtimes_are_reported_absent() -> None:
+    """Whatever is missing on this machine (CUDA, TensorRT, Core ML off macOS) is a record, not an error."""
+    missing = [rt for rt, _ in parse_runtimes("all") if rt.absent()]
+    if not missing:
+        pytest.skip("every runtime is available here")
+    report = bench([SMALL], [(rt, list(rt.precisions)) for rt in missing], img_sizes=[32], progress=False,
+                   protocol=Protocol(warmup=0, runs=1))
+    assert {r["status"] for r in report["records"]} == {"absent"}
+    assert all(r["reason"] for r in report["records"])
+
+
+# --- charts and the README section ----------------------------------------------------------------
+
+def _synthetic_report(sizes=(224,), runtimes=(("ort", "fp32", 1.0), ("ort-int8", "int8", 0.5))) -> dict:
+    recs = []
+    for model, macs, base in (("ez_a", 80e6, 2.0), ("ez_b", 300e6, 3.0), ("ez_c", 1800e6, 2.5)):
+        for rt, prec, scale in runtimes:
+            for s in sizes:
+                p50 = base * scale * (s / 224) ** (2 if model == "ez_b" else 1) ** 1
+                recs.append({"model": model, "runtime": rt, "precision": prec, "batch": 1, "img_size": s,
+                             "threads": 2, "status": "ok", "fingerprint": "fp", "macs": int(macs),
+                             "latency_ms": {"p50": p50, "p90": p50 * 1.1, "min": p50 * 0.9, "mean": p50},
+                             "runs": 10, "seconds": 0.1, "throughput_ips": 1e3 / p50, "peak_memory_mb": 10.0})
+    return {"schema": "edgezoo.bench/1", "started": "2026-01-01T00:00:00", "finished": "x",
+            "fingerprint": {"id": "fp", "cpu": "Test CPU", "flags": {"avx2": True}, "threads": 2, "usable_cores": 2,
+                            "gpus": [], "versions": {"torch": "2"}},
+            "protocol": Protocol().to_dict(), "records": recs}
+
+
+def _assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_pareto_front() -> None:
+    # (MACs or accuracy: higher is better, latency: lower is better)
+    pts = [(1.0, 1.0), (2.0, 3.0), (2.0, 1.5), (3.0, 2.0), (0.5, 2.0)]
+    assert pareto_front(pts) == [0, 2, 3]
+
+
+def test_pareto_png_against_macs_and_accuracy(tmp_path) -> None:
+    report = _synthetic_report()
+    validate_report(report)
+    _assert_png(pareto_png(report, tmp_path / "macs.png"))
+    csv = tmp_path / "results.csv"
+    csv.write_text("model,top1,top5\nez_a,70.1,90\nez_b,75.5,92\n")
+    acc = read_accuracy(csv)
+    assert acc == {"ez_a": 70.1, "ez_b": 75.5}
+    _assert_png(pareto_png(report, tmp_path / "acc.png", acc))
+    js = tmp_path / "val.json"
+    js.write_text(json.dumps([{"model": "ez_c", "top1": 80.0, "top5": 95.0}]))
+    assert read_accuracy(js) == {"ez_c": 80.0}
+
+
+def test_cost_curve_exponents_and_png(tmp_path) -> None:
+    report = _synthetic_report(sizes=(128, 256, 512), runtimes=(("ort", "fp32", 1.0),))
+    slopes = fit_exponents(report)
+    assert slopes["ez_a ort fp32"] == pytest.approx(0.5)  # latency ~ side = pixels^0.5
+    assert slopes["ez_b ort fp32"] == pytest.approx(1.0)  # latency ~ side^2 = pixels
+    _assert_png(cost_curve_png(report, tmp_path / "curve.png"))
+
+
+def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
+    import runpy
+
+    from edgezoo.export.bench.markdown import fastest, markdown
+    from edgezoo.export.bench.report import save_report
+
+    report = _synthetic_report()
+    assert {m: r["runtime"] for m, r in fastest(report).items()} == dict.fromkeys(("ez_a", "ez_b", "ez_c"), "ort-int8")
+    text = markdown(report)
+    assert "| `ez_a` (80, 224) | 2.00 | **1.00** | `ort-int8 int8` 2.00x |" in text
+    assert "Test CPU" in text
+    results = tmp_path / "results"
+    save_report(report, results / "fp.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n")
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.setattr(sys, "argv", ["bench_table.py", str(results), "--write", str(readme)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / "scripts" / "bench_table.py"), run_name="__main__")
+    assert done.value.code == 0
+    out = readme.read_text()
+    assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- bench:end -->\ntail\n")
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+def test_cli_bench_json_table_and_plot(tmp_path, capsys) -> None:
+    out, png = tmp_path / "res", tmp_path / "pareto.png"
+    code = main(["bench", SMALL, "--runtime", "torch", "--img-size", "32", "--runs", "3", "--warmup", "1",
+                 "--threads", "1", "--batch", "1,2", "--json", f"{out}/", "--plot", str(png), "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ez_efficientvit_m0" in printed and "p50 ms" in printed
+    files = list(out.glob("*.json"))
+    assert len(files) == 1
+    report = json.loads(files[0].read_text())
+    validate_report(report)
+    assert files[0].stem == report["fingerprint"]["id"]
+    rows = [(r["runtime"], r["batch"], r["status"]) for r in report["records"]]
+    assert rows == [("torch", 1, "ok"), ("torch", 2, "ok")]
+    _assert_png(png)
+
+
+def test_cli_compare_timm_torch(tmp_path, capsys) -> None:
+    """The pair has the same weights and outputs; both timed interleaved; the ratio is reported."""
+    js = tmp_path / "timm.json"
+    assert main(["bench", SMALL, "--compare-timm", "--runtime", "torch", "--img-size", "64", "--runs", "4",
+                 "--warmup", "1", "--threads", "1", "--json", str(js), "-q"]) == 0
+    recs = json.loads(js.read_text())["records"]
+    ez, ref = recs
+    assert ez["role"] == "edgezoo" and ref["role"] == "timm" and ref["pair_of"] == SMALL
+    c = ez["compare"]
+    assert c["timm_model"] == "efficientvit_m0" and c["outputs_rel_err"] <= 1e-5
+    assert c["ratio_p50"] == pytest.approx(ez["latency_ms"]["p50"] / ref["latency_ms"]["p50"], rel=1e-3)
+    assert ez["runs"] == ref["runs"] == 4
+    assert "x efficientvit_m0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_compare_timm_ort(tmp_path) -> None:
+    """Both models through the same ONNX exporter and onnxruntime."""
+    js = tmp_path / "timm.json"
+    assert main(["bench", SMALL, "--compare-timm", "--runtime", "ort", "--img-size", "64", "--runs", "10",
+                 "--threads", "1", "--json", str(js), "-q"]) == 0
+    ez = json.loads(js.read_text())["records"][0]
+    assert ez["status"] == "ok" and ez["compare"]["ratio_p50"] > 0
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgezoo: error: ") and "\n" not in err
+    return err
+
+
+def test_cli_bad_input_one_line_errors(tmp_path, capsys) -> None:
+    assert "did you mean ort" in _error(capsys, ["bench", SMALL, "--runtime", "onnxrt"])
+    assert "--threads must be >= 1" in _error(capsys, ["bench", SMALL, "--threads", "0"])
+    assert "--batch takes comma-separated integers" in _error(capsys, ["bench", SMALL, "--batch", "1,x"])
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert "cannot read checkpoint" in _error(capsys, ["bench", str(corrupt), "--model", SMALL])
+    import torch
+
+    import edgezoo
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"arch": SMALL, "model": edgezoo.create_model("ez_shvit_s1").state_dict()}, wrong)
+    assert "does not match" in _error(capsys, ["bench", str(wrong)])
+    assert "no timm counterpart" in _error(capsys, ["bench", "ez_focalnet_edge_xs", "--compare-timm"])
+    assert "name models" in _error(capsys, ["bench"])
