@@ -72,6 +72,19 @@ def _ok(report: dict[str, Any], batch: int | None = 1) -> list[dict[str, Any]]:
     return [r for r in report["records"] if r["status"] == "ok" and (batch is None or r["batch"] == batch)]
 
 
+def _finish(plt: Any, fig: Any, ax: Any, report: dict[str, Any], title: str, ylabel: str,
+            path: str | os.PathLike) -> Path:
+    """Label, title (with the machine), grid and legend; write ``path`` atomically and close the figure."""
+    fp = report["fingerprint"]
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}{fp['cpu']}, {fp['threads']} threads", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,14 +118,7 @@ def pareto_png(report: dict[str, Any], path: str | os.PathLike, accuracy: dict[s
     if not accuracy:
         ax.set_xscale("log")
     ax.set_xlabel("top-1 accuracy (%)" if accuracy else "MMACs (batch 1)")
-    ax.set_ylabel("p50 latency, batch 1 (ms)")
-    fp = report["fingerprint"]
-    ax.set_title(f"{fp['cpu']}, {fp['threads']} threads", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, report, "", "p50 latency, batch 1 (ms)", path)
 
 
 def fit_exponents(report: dict[str, Any]) -> dict[str, float]:
@@ -148,11 +154,4 @@ def cost_curve_png(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.set_xticks([s * s for s in sizes], [f"{s}²" for s in sizes])
     ax.minorticks_off()
     ax.set_xlabel("input pixels (side², batch 1)")
-    ax.set_ylabel("p50 latency (ms)")
-    fp = report["fingerprint"]
-    ax.set_title(f"latency against input size; {fp['cpu']}, {fp['threads']} threads", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, report, "latency against input size; ", "p50 latency (ms)", path)
