@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgezoo.train import resolve_config, run
+from edgezoo.train import resolve_config, run, validate_checkpoint
 from edgezoo.train.config import config_dir
 from edgezoo.train.data import source_of
 from tests.train_helpers import TINY, Stop, load_last, rows, stop_after_mid_epoch_save, without_time
@@ -109,3 +109,5 @@ def test_wds_digits_shards_train_above_90(shards: Path, tmp_path: Path):
           f"{res['epoch_time']:.1f}s/epoch")
     assert max(res["val_top1"], res["ema_val_top1"]) > 90.0
     assert [r["epoch"] for r in rows(tmp_path / "run")] == [1, 2, 3]
+    val = validate_checkpoint(TINY, tmp_path / "run" / "best.pth", f"wds/{shards}", output=tmp_path)
+    assert val["count"] == 360 and val["top1"] > 80.0  # its eval crop (the model's 0.875) differs from training's

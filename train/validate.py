@@ -45,6 +45,7 @@ def validate_checkpoint(
     cfg.model.name = _check_model(model)
     cfg.data.path, cfg.data.batch_size, cfg.data.workers = data, batch_size, workers
     cfg.data.img_size = img_size or meta.get("img_size")
+    cfg.data.num_classes = meta.get("num_classes")  # a stream whose _info.json names no classes
     if data == "digits":
         cfg.data.crop_pct = 1.0  # as configs/digits.yaml trains
     ctx = setup(device)
