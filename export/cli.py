@@ -89,6 +89,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         options["opset"] = args.opset
     if args.image_input:
         options["image_input"] = True
+    if args.plugins:
+        options["plugins"] = True
     if args.target:
         options["target"] = args.target
     _check_options_used(formats, options)
@@ -139,6 +141,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset (onnx, tensorrt; default 18)")
     p.add_argument("--target", help="CoreML minimum deployment target, e.g. iOS16 (default)")
     p.add_argument("--image-input", action="store_true", help="CoreML: image input with mean/std folded in")
+    p.add_argument("--plugins", action="store_true",
+                   help="onnx, tensorrt: the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a format option (see --list-formats)")
     p.add_argument("--ema", action="store_true", help="export a checkpoint's EMA weights")
     p.add_argument("--json", help="write the results as JSON here")

@@ -39,6 +39,11 @@ an execution context, binds CUDA torch tensors with ``set_tensor_address`` and r
 ``execute_async_v3`` on a side stream. :meth:`TensorrtFormat.runtime_reason` says why it cannot
 run here (TensorRT missing, no CUDA GPU); the export is then ``converted``, not ``verified``.
 
+**Plugins** (option ``plugins=true``, CLI ``--plugins``): the ONNX graph carries the edgezoo fused ops
+as plugin nodes (:mod:`edgezoo.kernels.onnx_plugins`) and :func:`edgezoo.kernels.tensorrt_plugins.register_plugins`
+defines them as quickly-deployable plugins before parsing, their Triton kernels compiled to PTX
+for the build GPU (AOT: the engine runs without Python, except the channel-attention plugins).
+
 TensorRT 11 removes the weakly typed precision flags (``FP16``, ``INT8``,
 ``OBEY_PRECISION_CONSTRAINTS``); fp16 and int8 builds then stop with a one-line error.
 """
@@ -272,6 +277,8 @@ class TensorrtFormat(Format):
                         type=int),
         "builder_optimization_level": Option(3, "TensorRT builder optimisation level (higher: slower build)",
                                              choices=tuple(range(6)), type=int),
+        "plugins": Option(False, "edgezoo fused ops as TensorRT plugins (Triton kernels compiled to PTX; fp32/fp16)",
+                          choices=(False, True), type=parse_bool),
         "embed_metadata": Option(False, "prefix the engine with its metadata (Ultralytics layout; not a bare plan)",
                                  choices=(False, True), type=parse_bool),
     }
@@ -307,6 +314,13 @@ class TensorrtFormat(Format):
 
         onnx_path = build_onnx(job, job.work_dir / f"{job.stem}.onnx",
                                precision="int8" if job.precision == "int8" else "fp32")
+        if parse_bool(opts.get("plugins", False)):
+            from edgezoo.kernels.tensorrt_plugins import register_plugins
+
+            try:
+                job.notes["tensorrt_plugins"] = register_plugins()
+            except ImportError as err:
+                raise MissingDependencyError(str(err)) from err
         job.log(f"{job.name}: TensorRT {trt.__version__} parses {onnx_path.name}")
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
