@@ -29,6 +29,8 @@ from timm.layers import make_divisible
 from torch import nn
 
 from edgezoo.blocks.conv_bn import ConvBN
+from edgezoo.kernels import channel_attention, use_kernels
+from edgezoo.kernels.op_channel_attention import mlp_channel_attention
 from edgezoo.errors import InvalidArgumentError
 
 __all__ = ["ATTENTIONS", "CBAM", "ECA", "ELA", "CoordAttention", "SqueezeExcite", "TripletAttention", "create_attn"]
@@ -59,7 +61,11 @@ class SqueezeExcite(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True, **dd)
 
+    kernel_mode: str = "auto"  # "triton": torch.ops.edgezoo.channel_attention; "reference": plain torch
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(self.kernel_mode, x):
+            return mlp_channel_attention(x, self.fc1, self.fc2, "se")
         gate = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
         return x * gate.sigmoid()
 
@@ -110,7 +116,11 @@ class CBAM(nn.Module):
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
+    kernel_mode: str = "auto"  # "triton": torch.ops.edgezoo.channel_attention; "reference": plain torch
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(self.kernel_mode, x):
+            return self.spatial(mlp_channel_attention(x, self.fc1, self.fc2, "cbam"))
         gate = self._mlp(x.mean((2, 3), keepdim=True)) + self._mlp(x.amax((2, 3), keepdim=True))
         return self.spatial(x * gate.sigmoid())
 
@@ -134,7 +144,11 @@ class ECA(nn.Module):
         k = kernel_size or eca_kernel_size(channels, gamma, b)
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False, **dd)
 
+    kernel_mode: str = "auto"  # "triton": torch.ops.edgezoo.channel_attention; "reference": plain torch
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(self.kernel_mode, x):
+            return channel_attention(x, self.conv.weight.view(-1), None, None, None, "eca")
         y = self.conv(x.mean((2, 3)).unsqueeze(1))  # (B, 1, C): convolve along channels
         return x * y.transpose(1, 2).unsqueeze(-1).sigmoid()
 
