@@ -29,9 +29,9 @@ from timm.layers import make_divisible
 from torch import nn
 
 from edgezoo.blocks.conv_bn import ConvBN
+from edgezoo.errors import InvalidArgumentError
 from edgezoo.kernels import channel_attention, use_kernels
 from edgezoo.kernels.op_channel_attention import mlp_channel_attention
-from edgezoo.errors import InvalidArgumentError
 
 __all__ = ["ATTENTIONS", "CBAM", "ECA", "ELA", "CoordAttention", "SqueezeExcite", "TripletAttention", "create_attn"]
 
