@@ -7,10 +7,11 @@
 * fp16: onnxruntime's float16 converter with fp32 inputs/outputs and the nodes of
   :mod:`edgezoo.export.fp32_policy` kept fp32 (Cast nodes at their borders).
 * int8: :mod:`edgezoo.export.quantize` (onnxruntime static QDQ quantisation).
-* ``plugins=true`` (fp32): the blocks run their fused ops (``kernels="triton"``) and each op is written
-  as a TensorRT plugin node in domain ``edgezoo`` (:mod:`edgezoo.kernels.onnx_plugins`); the parity
-  gate runs those nodes with the ops' reference semantics (onnxruntime-extensions Python ops). By
-  default the blocks run their reference path, so the graph holds standard ONNX ops only.
+* ``plugins=true`` (fp32 ONNX; TensorRT fp16 engines build from it): the blocks run their fused ops
+  (``kernels="triton"``) and each op is written as a TensorRT plugin node in domain ``edgezoo``
+  (:mod:`edgezoo.kernels.onnx_plugins`); the parity gate runs those nodes with the ops' reference
+  semantics (onnxruntime-extensions Python ops). By default the blocks run their reference path, so
+  the graph holds standard ONNX ops only.
 
 Metadata: the model's ``metadata_props`` (one string per key, lists JSON-encoded), plus
 ``edgezoo.fp32_nodes`` for backends that pin layer precision (TensorRT).
@@ -138,7 +139,7 @@ def export_graph(job: ExportJob, path: Path) -> Any:
 
 
 def wants_plugins(job: ExportJob) -> bool:
-    """Whether ``job`` asks for plugin nodes (option ``plugins``); only fp32/fp16 engines take them."""
+    """Whether ``job`` asks for plugin nodes (option ``plugins``); int8 cannot have them."""
     plugins = parse_bool(job.options.get("plugins", False))
     if plugins and job.precision == "int8":
         raise InvalidArgumentError("plugins=true takes fp32 or fp16, not int8 (the QDQ quantiser does not know the "
@@ -180,6 +181,10 @@ def build_onnx(job: ExportJob, path: Path, precision: str | None = None) -> Path
     """Write the simplified, stamped and checked ONNX file of ``job`` at ``path`` in ``precision``
     (default ``job.precision``): fp32, fp16 (fp32 policy kept) or int8 QDQ. TensorRT builds from it."""
     precision = precision or job.precision
+    if precision == "fp16" and wants_plugins(job):
+        raise InvalidArgumentError("plugin graphs are written in fp32 (the fp16 converter cannot place casts around "
+                                   "plugin nodes): for fp16 plugins use --format tensorrt --half --plugins, which "
+                                   "builds from the fp32 graph")
     raw = path.with_name(f".{path.stem}.raw.onnx")
     proto = export_graph(job, raw)
     if precision == "fp16":
@@ -271,8 +276,6 @@ class OnnxFormat(Format):
     def run(self, path: Path, inputs: np.ndarray, job: ExportJob) -> np.ndarray:
         """fp32/fp16 as onnxruntime optimises them; int8 with reference QDQ semantics (each Q/DQ as written)."""
         if parse_bool(job.options.get("plugins", False)):
-            if job.precision != "fp32":
-                raise NotRunnable("the plugin nodes' reference semantics run in fp32 only")
             return _run(path, inputs, "plugins")
         return _run(path, inputs, "reference" if job.precision == "int8" else "default")
 
