@@ -73,6 +73,17 @@ def test_linear_attention_kernel(mixer: str, shape: tuple, dtype: torch.dtype) -
 
 
 @interpreted
+def test_linear_attention_kernel_does_not_overflow_in_fp16() -> None:
+    """Sums over 4096 tokens of products ~100 pass fp16's 65504: the kernel accumulates in fp32."""
+    q, k = (torch.full((1, 1, 16, 4096), 10.0, dtype=torch.float16) for _ in range(2))
+    v = _rand(1, 1, 16, 4096, dtype=torch.float16, seed=0)
+    assert torch.isinf(k.sum(-1, keepdim=True).transpose(-1, -2) @ q).all()  # the normaliser, computed in fp16
+    out = op_linear_attention.linear_attention_triton(q, k, v, 1e-5, 1.0, False, False)
+    assert torch.isfinite(out).all()
+    _close(out, op_linear_attention.linear_attention_reference(q, k, v, 1e-5, 1.0, False, False))
+
+
+@interpreted
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("levels", [1, 3, 4])
 def test_focal_aggregate_kernel(levels: int, dtype: torch.dtype) -> None:
