@@ -30,7 +30,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the child")
 def test_kernels_under_the_triton_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider", __file__]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
