@@ -2,8 +2,9 @@
 
 Each op (``torch.ops.edgezoo.<name>``) has a plain-torch reference (the ground truth and the CPU
 path), a Triton kernel for CUDA (run on CPU under ``TRITON_INTERPRET=1`` for tests), a fake
-implementation (``torch.compile`` / ``torch.export`` keep the op as one node), a backward (the
-reference's, through ``torch.func.vjp``), a decomposition into standard ops for export
+implementation (``torch.compile`` / ``torch.export`` keep the op as one node), a backward (a Triton
+kernel for linear attention; the reference's, through ``torch.func.vjp``, for the others), a
+decomposition into standard ops for export
 (:func:`decompositions`), an ONNX plugin node (:mod:`edgezoo.kernels.onnx_plugins`) and a TensorRT
 plugin definition (:mod:`edgezoo.kernels.tensorrt_plugins`).
 

@@ -26,10 +26,13 @@ def contiguous_rows(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return y
 
 
-def reference_autograd(op: Any, reference: Callable[..., torch.Tensor]) -> None:
+def reference_autograd(op: Any, reference: Callable[..., torch.Tensor],
+                       kernel_backward: Callable[..., tuple | None] | None = None) -> None:
     """Register on the custom op ``op`` a backward that differentiates ``reference`` (``torch.func.vjp``
     of the same inputs): the op's gradients are the reference's by construction. Inputs may be tensors,
-    lists of tensors, optional tensors and plain values; non-tensors get ``None`` gradients."""
+    lists of tensors, optional tensors and plain values; non-tensors get ``None`` gradients.
+    ``kernel_backward(grad, *inputs)``, when given, runs first: a tuple of gradients (one per input) is
+    used as it is, ``None`` falls back to the reference's."""
 
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
         leaves, spec = pytree.tree_flatten(list(inputs))
@@ -39,11 +42,19 @@ def reference_autograd(op: Any, reference: Callable[..., torch.Tensor]) -> None:
         ctx.index, ctx.spec = index, spec
 
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        def with_tensors(*tensors: torch.Tensor) -> torch.Tensor:
+        def inputs(*tensors: torch.Tensor) -> list:
             leaves = list(ctx.plain)
             for i, t in zip(ctx.index, tensors, strict=True):
                 leaves[i] = t
-            return reference(*pytree.tree_unflatten(leaves, ctx.spec))
+            return pytree.tree_unflatten(leaves, ctx.spec)
+
+        def with_tensors(*tensors: torch.Tensor) -> torch.Tensor:
+            return reference(*inputs(*tensors))
+
+        if kernel_backward is not None:
+            grads = kernel_backward(grad, *inputs(*ctx.saved_tensors))
+            if grads is not None:
+                return grads
 
         _, vjp = torch.func.vjp(with_tensors, *ctx.saved_tensors)
         leaves: list[Any] = [None] * len(ctx.plain)

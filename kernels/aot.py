@@ -23,6 +23,7 @@ from edgezoo.kernels import op_cga as cga
 from edgezoo.kernels import op_channel_attention as channel_attention
 from edgezoo.kernels import op_focal as focal
 from edgezoo.kernels import op_linear_attention as linear_attention
+from edgezoo.kernels import op_linear_attention_backward as linear_attention_backward
 from edgezoo.kernels._lazy import LazyKernel
 
 __all__ = ["ARCHS", "SPECS", "KernelSpec", "compile_kernel", "triton_type"]
@@ -52,6 +53,9 @@ class KernelSpec:
 SPECS: dict[str, KernelSpec] = {
     "linear_attention": KernelSpec(linear_attention.KERNEL, dict.fromkeys(("Q", "K", "V", "OUT"), "x"),
                                    lambda dt: linear_attention.constexprs(32, 32, dt, 1e-5, 1.0, False, False)),
+    "linear_attention_backward": KernelSpec(
+        linear_attention_backward.KERNEL, dict.fromkeys(("Q", "K", "V", "G", "DQ", "DK", "DV"), "x"),
+        lambda dt: linear_attention.constexprs(32, 32, dt, 1e-6, 0.18, True, True)),
     "focal_aggregate": KernelSpec(focal.KERNEL, dict.fromkeys(("L0", "L1", "G", "CG", "OUT"), "x"),
                                   lambda dt: focal.constexprs(2, 1.0), unused=("L2", "L3")),
     "channel_attention.pool": KernelSpec(channel_attention.POOL_KERNEL, {"X": "x", "AVG": "fp32", "MAX": "fp32"},

@@ -13,7 +13,8 @@ head) with ``s = scale / N`` when ``mean`` else ``scale``::
 Accumulation is fp32 whatever the input dtype (fp16 sums overflow otherwise); the result has q's
 dtype. The Triton kernel makes one program per (batch, head): a first loop over the tokens
 accumulates ``kv``/``ksum`` (and ``sum(v)``), a second applies them, so q, k, v are read once and the
-output written once. Its backward is the reference's (``torch.func.vjp``).
+output written once. Its backward is a Triton kernel too (:mod:`edgezoo.kernels.op_linear_attention_backward`)
+where the forward ran the kernel, else the reference's (``torch.func.vjp``).
 """
 
 from __future__ import annotations
@@ -138,4 +139,15 @@ def _(q, k, v, eps, scale, mean, magnitude):
     return q.new_empty((*q.shape[:-2], v.shape[-2], q.shape[-1]))
 
 
-reference_autograd(linear_attention, linear_attention_reference)
+def _kernel_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float, scale: float,
+                     mean: bool, magnitude: bool) -> tuple | None:
+    """The Triton backward where the forward ran the kernel (else ``None``: the reference's backward)."""
+    if not (use_triton(q) and q.dtype in KERNEL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype):
+        return None
+    from edgezoo.kernels.op_linear_attention_backward import linear_attention_backward
+
+    dq, dk, dv = linear_attention_backward(q, k, v, grad, eps, scale, mean, magnitude)
+    return dq, dk, dv, None, None, None, None
+
+
+reference_autograd(linear_attention, linear_attention_reference, _kernel_backward)

@@ -73,6 +73,21 @@ def test_linear_attention_kernel(mixer: str, shape: tuple, dtype: torch.dtype) -
 
 
 @interpreted
+@pytest.mark.parametrize(("mixer", "dtype"), [("litemla", torch.float32), ("flatten", torch.float32),
+                                              ("mala", torch.float32), ("mala", torch.bfloat16)])
+def test_linear_attention_triton_backward(mixer: str, dtype: torch.dtype) -> None:
+    shape = (1, 2, 9, 70)  # d = 9 (masked), two token blocks, the second masked
+    q, k = (_rand(*shape, dtype=dtype, seed=s, positive=True).requires_grad_(True) for s in (0, 1))
+    v = (_rand(1, 2, 5, 70, dtype=dtype, seed=2) - 0.5).detach().requires_grad_(True)
+    g = _rand(1, 2, 5, 70, dtype=dtype, seed=3)
+    args = LA_ARGS[mixer]
+    fused = torch.autograd.grad((torch.ops.edgezoo.linear_attention(q, k, v, *args) * g).sum(), (q, k, v))
+    ref = torch.autograd.grad((op_linear_attention.linear_attention_reference(q, k, v, *args) * g).sum(), (q, k, v))
+    for a, b in zip(fused, ref, strict=True):
+        _close(a, b)
+
+
+@interpreted
 def test_linear_attention_kernel_does_not_overflow_in_fp16() -> None:
     """Sums over 4096 tokens of products ~100 pass fp16's 65504: the kernel accumulates in fp32."""
     q, k = (torch.full((1, 1, 16, 4096), 10.0, dtype=torch.float16) for _ in range(2))
