@@ -37,11 +37,12 @@ def test_protocol_on_a_sleep_of_known_duration() -> None:
 
     def work() -> None:
         calls.append(1)
-        time.sleep(0.004)
+        time.sleep(0.02)
 
-    stats = measure({"sleep": work}, Protocol(warmup=3, runs=15, max_seconds=30))["sleep"]
-    assert stats.runs == 15 and len(calls) == 3 + 15  # warm-up calls are not timed
-    assert stats.min_ms >= 4.0 and stats.p50_ms == pytest.approx(4.0, abs=3.0)
+    stats = measure({"sleep": work}, Protocol(warmup=3, runs=12, max_seconds=30))["sleep"]
+    assert stats.runs == 12 and len(calls) == 3 + 12  # warm-up calls are not timed
+    # a sleep lasts at least its time; a busy shared CPU adds a scheduler slice or so on top
+    assert stats.min_ms >= 20.0 and stats.p50_ms <= 20.0 + 15.0
     assert stats.min_ms <= stats.p50_ms <= stats.p90_ms
 
 
@@ -62,10 +63,10 @@ def test_protocol_interleaves_and_measures_a_ratio() -> None:
             time.sleep(seconds)
         return run
 
-    stats = measure({"a": fn("a", 0.003), "b": fn("b", 0.006)}, Protocol(warmup=0, runs=8, max_seconds=30))
+    stats = measure({"a": fn("a", 0.01), "b": fn("b", 0.03)}, Protocol(warmup=0, runs=8, max_seconds=30))
     assert order[:6] == ["a", "b", "b", "a", "a", "b"]  # the order alternates from round to round
     assert stats["a"].runs == stats["b"].runs == 8
-    assert 0.3 <= stats["a"].p50_ms / stats["b"].p50_ms <= 0.8
+    assert 0.25 <= stats["a"].p50_ms / stats["b"].p50_ms <= 0.6  # 1/3, with a scheduler slice of slack
 
 
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}])
