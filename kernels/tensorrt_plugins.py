@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List, Tuple  # noqa: UP035  (tensorrt.plugin checks typing.Tuple/List annotations)
 
 import torch
 
@@ -186,7 +186,7 @@ def _register_one(plugin: Plugin, trt: Any, trtp: Any) -> None:
         return [trtp.AutoTuneCombination(", ".join(["FP32|FP16|BF16"] * (n_in + 1)), "LINEAR")]
 
     trtp.autotune(key)(_signed(autotune, [(n, trtp.TensorDesc) for n in plugin.inputs]
-                               + [("outputs", tuple[trtp.TensorDesc])], list[trtp.AutoTuneCombination]))
+                               + [("outputs", Tuple[trtp.TensorDesc])], List[trtp.AutoTuneCombination]))  # noqa: UP006
 
     if plugin.name in AOT_PLUGINS:
         def aot(*args: Any) -> tuple:
@@ -207,7 +207,7 @@ def _register_one(plugin: Plugin, trt: Any, trtp: Any) -> None:
             return kernel.metadata.name, kernel.asm["ptx"], params, scalars
 
         trtp.aot_impl(key)(_signed(aot, [(n, trtp.TensorDesc) for n in plugin.inputs] + attr_params
-                                   + [("outputs", tuple[trtp.TensorDesc]), ("tactic", int)], tuple))
+                                   + [("outputs", Tuple[trtp.TensorDesc]), ("tactic", int)], tuple))  # noqa: UP006
     else:
         def impl(*args: Any) -> None:
             tensors = [torch.as_tensor(t, device="cuda") for t in args[:n_in]]
@@ -217,7 +217,7 @@ def _register_one(plugin: Plugin, trt: Any, trtp: Any) -> None:
                 torch.as_tensor(outputs[0], device="cuda").copy_(_JIT[plugin.name](tensors, attrs))
 
         trtp.impl(key)(_signed(impl, [(n, trtp.Tensor) for n in plugin.inputs] + attr_params
-                               + [("outputs", tuple[trtp.Tensor]), ("stream", int)], None))
+                               + [("outputs", Tuple[trtp.Tensor]), ("stream", int)], None))  # noqa: UP006
 
 
 def register_plugins() -> list[str]:
