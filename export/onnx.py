@@ -262,7 +262,7 @@ class OnnxFormat(Format):
         "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(18, 24)), type=int),
         "int8_scheme": Option("full", "int8 QDQ placement: " + "; ".join(f"{k}: {v}" for k, v in SCHEMES.items()),
                               choices=tuple(SCHEMES)),
-        "plugins": Option(False, "write the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo; fp32/fp16); "
+        "plugins": Option(False, "write the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo; fp32 only); "
                                  "gated with their reference semantics", choices=(False, True), type=parse_bool),
         "reduce_range": Option(False, "int8 with 7-bit weights: avoids onnxruntime's u8s8 saturation on x86 CPUs "
                                       "without VNNI, at some accuracy cost", choices=(False, True), type=parse_bool),
