@@ -18,7 +18,7 @@ import torch
 from edgezoo.errors import ConfigError
 from edgezoo.train import run
 from edgezoo.train.resume import plan_resume
-from tests.train_helpers import ENV, TINY, edgezoo_cmd, load_last, rows, tiny, wait_for_checkpoint, without_time
+from tests.train_helpers import ENV, TINY, edgezoo_cmd, load_last, pause_mid_epoch, rows, tiny, without_time
 
 EPOCHS = 2
 STEPS = 1437 // 32  # digits train images / batch 32 (drop_last)
@@ -61,19 +61,18 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, stra
     try:
         proc = subprocess.Popen(edgezoo_cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=ENV)
-        state = wait_for_checkpoint(out, proc, lambda s: s["position"] is not None)
+        killed = pause_mid_epoch(out, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        killed = load_last(out)
-        assert state["epoch"] == 0 and 0 < state["position"]["step"] < STEPS and state["num_updates"] % 7 == 0
-        assert killed["epoch"] == 0 and killed["position"] is not None and rows(out) == []  # died inside epoch 1
+        assert 0 < killed["position"]["step"] < STEPS and killed["num_updates"] % 7 == 0
+        assert len(rows(out)) == killed["epoch"] < EPOCHS  # died inside an epoch
         done = subprocess.run(edgezoo_cmd(*argv, "--resume"), capture_output=True, text=True, env=ENV, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         stop.set()
         watcher.join()
     assert not bad, bad
-    assert f"in epoch 1/{EPOCHS} after step {killed['position']['step']}" in done.stdout
+    assert f"in epoch {killed['epoch'] + 1}/{EPOCHS} after step {killed['position']['step']}" in done.stdout
     _assert_same_run(out, straight)
     assert not list(out.glob(".*.tmp"))
 
@@ -83,13 +82,15 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path, straight):
     argv = ["train", *ARGV, "--output", str(out)]
     proc = subprocess.Popen(edgezoo_cmd(*argv, "--set", "run.save_every_steps=11"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
-    first = wait_for_checkpoint(out, proc, lambda s: s["position"] is not None)  # training is under way
-    proc.send_signal(signal.SIGTERM)
+    first = pause_mid_epoch(out, proc, lambda s: s["epoch"] == 0)  # in epoch 1: the stop comes before the end
+    proc.send_signal(signal.SIGTERM)  # delivered when the process runs again
+    proc.send_signal(signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-2000:]
     assert "Traceback" not in stderr and "SIGTERM: stopped cleanly" in stdout
     state = load_last(out)
-    assert (state["epoch"], state["position"]["step"]) > (first["epoch"], first["position"]["step"])
+    where = (state["epoch"], state["position"]["step"] if state["position"] else 0)  # mid-epoch or at its end
+    assert where > (first["epoch"], first["position"]["step"])
     assert len(rows(out)) == state["epoch"] < EPOCHS
     done = subprocess.run(edgezoo_cmd(*argv, "--resume"), capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

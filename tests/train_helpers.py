@@ -66,6 +66,23 @@ def wait_for_checkpoint(out: Path, proc: subprocess.Popen, ok: Any, timeout: flo
     raise AssertionError(f"no matching checkpoint in {out} (process exit code {proc.poll()})")
 
 
+def pause_mid_epoch(out: Path, proc: subprocess.Popen, ok: Any = lambda s: True) -> dict[str, Any]:
+    """Freeze ``proc`` (SIGSTOP) at a moment when OUTPUT/last.pth is a mid-epoch checkpoint matching ``ok``.
+
+    A loaded machine may let the process run on after the checkpoint was seen; while it is stopped
+    the file cannot change, so the state returned is the one a kill now would leave behind.
+    """
+    import signal
+
+    while True:
+        wait_for_checkpoint(out, proc, lambda s: s["position"] is not None and ok(s))
+        proc.send_signal(signal.SIGSTOP)
+        state = load_last(out)
+        if state is not None and state["position"] is not None and ok(state):
+            return state
+        proc.send_signal(signal.SIGCONT)
+
+
 class Stop(Exception):
     """Raised by :func:`stop_after_mid_epoch_save`: a run "killed" right after a checkpoint."""
 
