@@ -67,7 +67,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edgezoo.errors import InvalidArgumentError
     from edgezoo.export.bench import Protocol, bench, parse_runtimes
     from edgezoo.export.bench.plot import read_accuracy
-    from edgezoo.export.bench.report import table
+    from edgezoo.export.bench.report import output_path, save_report, table
     from edgezoo.export.bench.run import check_threads
 
     if args.list_runtimes:
@@ -86,9 +86,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--agree must be >= 0, got {args.agree}")
     protocol = Protocol(warmup=args.warmup, runs=args.runs, max_seconds=args.seconds)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    suffix = "-timm" if args.compare_timm else "-sizes" if args.sizes else ""
+
+    def save_so_far(partial: dict) -> None:
+        if args.json:
+            save_report(partial, output_path(args.json, partial, suffix))
     report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
                    compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
-                   model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None))
+                   model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None),
+                   on_progress=save_so_far)
     print(table(report))
     _outputs(args, report)
     return 1 if any(r["status"] == "failed" for r in report["records"]) else 0

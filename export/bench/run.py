@@ -195,10 +195,13 @@ def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: b
 def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, batches: Sequence[int] = (1,),
           threads: int | None = None, img_sizes: Sequence[int | None] = (None,), protocol: Protocol | None = None,
           compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
-          model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+          on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Benchmark ``sources`` (names, checkpoints or modules) and return the report (see the module docstring).
 
-    ``model`` names the model a checkpoint holds when the checkpoint does not record it.
+    ``model`` names the model a checkpoint holds when the checkpoint does not record it;
+    ``on_progress`` is called with the report so far after each record (to save it: a long run
+    that is stopped keeps what it measured).
     """
     from tqdm import tqdm
 
@@ -225,13 +228,19 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
                 if pair is not None:
                     _pair_records(recs, *pair)
                 records.extend(recs)
+                if on_progress is not None:
+                    on_progress(_report(started, [*load, _load_average()], fp, protocol, records))
             bar.close()
     finally:
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    load.append(_load_average())
+    return _report(started, [*load, _load_average()], fp, protocol, records)
+
+
+def _report(started: str, load: list[float | None], fp: dict[str, Any], protocol: Protocol,
+            records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"schema": SCHEMA, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_average_1min": load, "fingerprint": fp, "protocol": protocol.to_dict(), "records": records}
+            "load_average_1min": load, "fingerprint": fp, "protocol": protocol.to_dict(), "records": list(records)}
 
 
 def _load_average() -> float | None:
