@@ -29,7 +29,7 @@ import torch
 
 from edgezoo.errors import InvalidArgumentError
 from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, parse_bool, register_format
-from edgezoo.export.quantize import SCHEMES, int8_session
+from edgezoo.export.quantize import SCHEMES, int8_session, parse_fallback
 
 __all__ = ["DEFAULT_OPSET", "OnnxFormat", "build_onnx", "export_graph", "ort_session"]
 
@@ -264,6 +264,9 @@ class OnnxFormat(Format):
                               choices=tuple(SCHEMES)),
         "plugins": Option(False, "write the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo; fp32 only); "
                                  "gated with their reference semantics", choices=(False, True), type=parse_bool),
+        "int8_fallback": Option("auto", "int8: activations left float by sensitivity on the calibration images: "
+                                        "auto (shortest set that halves the logit error, <= 5% of them), a count, "
+                                        "or 0", type=parse_fallback),
         "reduce_range": Option(False, "int8 with 7-bit weights: avoids onnxruntime's u8s8 saturation on x86 CPUs "
                                       "without VNNI, at some accuracy cost", choices=(False, True), type=parse_bool),
     }

@@ -16,6 +16,11 @@ In both, the nodes of the precision policy (:func:`edgezoo.export.fp32_policy.in
 linear-attention normalisers, LayerNorm, softmax and its input) stay float; their names are
 recorded in ``job.notes["float_nodes"]``.
 
+Then the sensitivity-guided fallback (:mod:`edgezoo.export.int8_fallback`, ONNX option
+``int8_fallback``: ``auto`` by default, a count, or ``0`` for none) leaves float the few activation
+tensors whose quantisation costs the logits most on the calibration images; their consumers join
+``float_nodes`` and the figures go to ``job.notes["int8_fallback"]``.
+
 Two ways to run the same file (:func:`int8_session`): ``reference`` executes every Q/DQ pair as
 written (onnxruntime with graph optimisations off), which is what the file specifies and what any
 int8 engine with int32 accumulation computes; ``kernels`` lets onnxruntime fuse its x86 int8
@@ -34,13 +39,28 @@ import numpy as np
 
 from edgezoo.export.base import ExportJob
 
-__all__ = ["SCHEMES", "int8_session", "quantize_qdq"]
+__all__ = ["SCHEMES", "int8_session", "parse_fallback", "quantize_qdq", "reference_session"]
 
 SCHEMES = {
     "full": "every quantisable op, outputs included (onnxruntime CPU fuses int8 kernels)",
     "weighted": "inputs of Conv/Gemm/MatMul only (TensorRT's placement; most accurate for attention models)",
 }
 _WEIGHTED_OPS = ["Conv", "Gemm", "MatMul"]
+#: calibration images the fallback ranks tensors on (the first of ``job.calibration.calib``)
+FALLBACK_IMAGES = 16
+
+
+def parse_fallback(value: str | int) -> str | int:
+    """``int8_fallback``: ``auto`` or a whole number of activation tensors to keep float (0: none)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"int8_fallback is 'auto' or a whole number >= 0, got {value!r}")
+    return count
 
 
 def _reader(job: ExportJob) -> Any:
@@ -102,13 +122,43 @@ def quantize_qdq(fp32_path: Path, job: ExportJob) -> Any:
     proto = onnx.load(str(out))
     for p in (pre, out):
         p.unlink(missing_ok=True)
+    proto = _fallback(proto, job)
     q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-    job.log(f"{job.name}: int8 QDQ graph ({scheme}) with {q} quantised tensors; {len(keep)} node(s) left float")
+    job.log(f"{job.name}: int8 QDQ graph ({scheme}) with {q} quantised tensors; "
+            f"{len(job.notes['float_nodes'])} node(s) left float")
     return proto
 
 
-def int8_session(path: Path | str, semantics: str = "reference") -> Any:
-    """An onnxruntime CPU session running a QDQ file with ``reference`` or ``kernels`` semantics."""
+def _fallback(proto: Any, job: ExportJob) -> Any:
+    """Apply the ``int8_fallback`` option: bypass the most sensitive activations (figures in ``job.notes``)."""
+    import torch
+
+    from edgezoo.export.int8_fallback import bypass, choose_fallback
+
+    setting = parse_fallback(job.options.get("int8_fallback", "auto"))
+    if setting == 0:
+        return proto
+    images = job.calibration.calib[:max(FALLBACK_IMAGES, job.batch)]
+    batches = [images[i:i + job.batch] for i in range(0, len(images) - job.batch + 1, job.batch)]
+    with torch.inference_mode():
+        reference = torch.cat([job.model(x) for x in batches]).numpy()
+    fb = choose_fallback(proto, [x.numpy() for x in batches], reference,
+                         None if setting == "auto" else setting, log=job.log)
+    job.notes["int8_fallback"] = fb.as_notes()
+    job.notes["float_nodes"] = [*job.notes["float_nodes"], *fb.nodes]
+    job.log(f"{job.name}: int8 fallback kept {len(fb.tensors)} of {fb.candidates} activations float "
+            f"(logit error {fb.error_int8:.3g} -> {fb.error_after:.3g}, {fb.seconds:.0f} s)")
+    return bypass(proto, set(fb.tensors))[0] if fb.tensors else proto
+
+
+def reference_session(proto: Any) -> Any:
+    """An onnxruntime CPU session running the in-memory QDQ ``proto`` with reference semantics."""
+    return int8_session(proto.SerializeToString())
+
+
+def int8_session(path: Path | str | bytes, semantics: str = "reference") -> Any:
+    """An onnxruntime CPU session running a QDQ file (or serialised model) with ``reference`` or ``kernels``
+    semantics."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -117,4 +167,5 @@ def int8_session(path: Path | str, semantics: str = "reference") -> Any:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif semantics != "kernels":
         raise ValueError(f"semantics is 'reference' or 'kernels', got {semantics!r}")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])

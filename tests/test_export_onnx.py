@@ -102,10 +102,9 @@ def test_fp16_keeps_the_policy_ops_in_fp32(tmp_path) -> None:
                                           img_size=SIZE).size_bytes)
 
 
-#: kind -> (int8 scheme, least top-1 agreement). The ViT misses 99% by a few images whose fp32
-#: softmax is itself split between two classes (EfficientViT-M0, 8 epochs: 98.9% on 360 images,
-#: every flip has fp32 top-1 probability < 0.45); no decisive flip is allowed for either.
-INT8_BAR = {"cnn": ("full", 0.99), "vit": ("weighted", 0.98)}
+#: kind -> (int8 scheme, least top-1 agreement). Both with the default sensitivity fallback
+#: (edgezoo.export.int8_fallback): without it the ViT stopped at 98.9% (EfficientViT-M0, 8 epochs).
+INT8_BAR = {"cnn": ("full", 0.99), "vit": ("weighted", 0.99)}
 
 
 @pytest.mark.parametrize("kind", ["cnn", pytest.param("vit", marks=pytest.mark.slow)])
@@ -118,6 +117,7 @@ def test_int8_agrees_with_fp32_on_held_out_digits(kind: str, digits_checkpoint, 
     assert res.parity["top1_agreement"] >= bar and res.parity["images"] >= 256, res.summary()
     assert res.parity["decisive_flips"] == 0, res.summary()
     assert res.notes["int8_scheme"] == scheme
+    assert res.notes["int8_fallback"]["error_after"] <= res.notes["int8_fallback"]["error_int8"]
     fp32 = export(trained["checkpoint"], "onnx", tmp_path, int8=False)
     assert res.size_bytes < 0.4 * fp32.size_bytes
     proto = onnx.load(res.path)
