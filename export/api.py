@@ -172,11 +172,15 @@ def prepare(source: str | os.PathLike | nn.Module | Source, model: str | None = 
             use_ema: bool = False, classes: list[str] | None = None) -> Source:
     """Resolve ``source`` and replace its model by the deploy form (eval, :func:`edgezoo.fuse`)."""
     from edgezoo import fuse
+    from edgezoo.kernels import set_kernels
 
     src = source if isinstance(source, Source) else resolve_source(source, model, img_size, use_ema, classes)
     if getattr(src.model, "_edgezoo_deploy", False):
         return src
     src.model = fuse(src.model).float().cpu()  # fuse works on a copy: the caller's model is untouched
+    # every exporter writes standard ops: the blocks' plain-torch path, whatever kernels= the model was built with
+    # (the ONNX plugin option switches the fused ops back on for its own graph)
+    set_kernels(src.model, "reference")
     src.model._edgezoo_deploy = True  # type: ignore[assignment]
     return src
 

@@ -203,3 +203,14 @@ def test_tensorrt_plugins_register_or_say_what_is_missing() -> None:
             register_plugins()
         pytest.skip("TensorRT is not installed: plugin registration checked for its error only")
     assert register_plugins() == sorted(f"edgezoo::{name}" for name in PLUGINS)
+
+
+def test_every_exporter_gets_the_reference_path() -> None:
+    """A model built with kernels="triton" reaches the exporters with plain-torch blocks (standard ops only)."""
+    from edgezoo.export.api import prepare
+
+    model = timm.create_model("ez_efficientvit_b0", kernels="triton")
+    modes = lambda m: {x.kernel_mode for x in m.modules() if hasattr(type(x), "kernel_mode")}  # noqa: E731
+    assert modes(model) == {"triton"}
+    assert modes(prepare(model).model) == {"reference"}
+    assert modes(model) == {"triton"}  # the caller's model is untouched
