@@ -41,6 +41,7 @@ def _error(proto: onnx.ModelProto, images: list[np.ndarray], reference: np.ndarr
     return float(((out - reference) ** 2).sum() / (reference ** 2).sum())
 
 
+@pytest.mark.slow  # make test's 20-minute budget: make test-all runs it
 def test_the_switchboard_computes_what_the_bypassed_graph_computes(qdq: dict) -> None:
     proto, images, ref = qdq["proto"], qdq["images"], qdq["reference"]
     tensors = activation_tensors(proto)

@@ -77,6 +77,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, stra
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # make test's 20-minute budget: make test-all runs it
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path, straight):
     out = tmp_path / "term"
     argv = ["train", *ARGV, "--output", str(out)]
@@ -97,6 +98,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path, straight):
     _assert_same_run(out, straight)
 
 
+@pytest.mark.slow  # make test's 20-minute budget: make test-all runs it
 def test_resume_on_empty_finished_and_other_recipe_folders(tmp_path: Path, capsys: pytest.CaptureFixture):
     out = tmp_path / "r"
     first = run(tiny(out, 1, SMALL), resume=True)  # the job script always passes --resume: a new folder trains
