@@ -326,3 +326,29 @@ def test_cli_bad_input_one_line_errors(tmp_path, capsys) -> None:
     assert "does not match" in _error(capsys, ["bench", str(wrong)])
     assert "no timm counterpart" in _error(capsys, ["bench", "ez_focalnet_edge_xs", "--compare-timm"])
     assert "name models" in _error(capsys, ["bench"])
+
+
+def test_op_profile_counts_kernels_per_run(tmp_path) -> None:
+    """onnxruntime's profiler summed per op type: one MatMul and one Softmax kernel a run, warm-up left out."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from edgezoo.export.bench.op_profile import op_profile, op_profile_table
+
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Softmax", ["m"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [w])
+    path = tmp_path / "tiny.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    prof = op_profile(path, np.zeros((1, 4, 8), np.float32), threads=1, runs=7)
+    assert prof["runs"] == 7 and prof["nodes_per_run"] == 2
+    ops = {row["op"]: row for row in prof["by_op"]}
+    assert set(ops) == {"MatMul", "Softmax"} and ops["MatMul"]["count"] == ops["Softmax"]["count"] == 1
+    assert prof["kernel_ms_per_run"] == pytest.approx(sum(r["ms"] for r in prof["by_op"]), abs=1e-3)
+    assert sorted((k["op"], k["shapes"].split(";")[0]) for k in prof["top_kernels"]) == [("MatMul", "1x4x8"),
+                                                                                          ("Softmax", "1x4x8")]
+    report = {"records": [{"model": "a", "runtime": "ort", "img_size": 8, "role": "edgezoo", "op_profile": prof},
+                          {"model": "timm_a", "runtime": "ort", "img_size": 8, "role": "timm", "pair_of": "a",
+                           "op_profile": prof}]}
+    text = op_profile_table(report)
+    assert "timm_a" in text and "timm ms/run" in text and text.count("MatMul") == 1

@@ -94,8 +94,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
                    compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
                    model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None),
-                   on_progress=save_so_far)
+                   on_progress=save_so_far, op_profile=args.op_profile)
     print(table(report))
+    if args.op_profile:
+        from edgezoo.export.bench.op_profile import op_profile_table
+
+        print("\n" + (op_profile_table(report) or "--op-profile: no ort / ort-int8 records were timed"))
     _outputs(args, report)
     return 1 if any(r["status"] == "failed" for r in report["records"]) else 0
 
@@ -130,6 +134,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accuracy", help="results CSV/JSON with model and top1 (e.g. edgezoo validate --json)")
     p.add_argument("--curve", help="with --sizes: draw latency against input pixels as PNG here "
                                     "(a folder: <fingerprint>-sizes.png)")
+    p.add_argument("--op-profile", action="store_true",
+                   help="ort / ort-int8: onnxruntime's profiler per op type (with --compare-timm, timm's beside)")
     p.add_argument("--work", help="keep the exported artifacts in this folder (default: a temporary one)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="print the exporters' progress lines")

@@ -130,7 +130,7 @@ def _timed(stats: Stats, batch: int, memory: float | None) -> dict[str, Any]:
 
 
 def _run_one(items: list[BenchItem], rt: Runtime, precision: str, batch: int, protocol: Protocol, fp_id: str,
-             agree: int, calib: str) -> list[dict[str, Any]]:
+             agree: int, calib: str, op_profile: bool = False) -> list[dict[str, Any]]:
     """Records of ``items`` (one, or an edgezoo/timm pair timed interleaved) on one runtime/precision/batch."""
     reason = rt.absent() or rt.precision_absent(precision)
     if reason:
@@ -149,12 +149,21 @@ def _run_one(items: list[BenchItem], rt: Runtime, precision: str, batch: int, pr
             out[it.name] = _record(it, rt, precision, batch, fp_id, **_timed(stats[it.name], batch, memory[it.name]))
             if agree and batch == 1:
                 out[it.name]["agreement"] = _agreement(runners[it.name], it, agree, calib)
+            if op_profile and rt.name in _PROFILED:
+                from edgezoo.export.bench.op_profile import op_profile as profile
+
+                path = it.artifacts.get("onnx", getattr(rt, "precision_of_file", precision), batch)
+                out[it.name]["op_profile"] = profile(path, xs[it.name], it.threads)
     except Exception as err:  # one failed runtime is a record, never the end of the benchmark
         return [_record(it, rt, precision, batch, fp_id, status="failed", error=_first_line(err)) for it in items]
     finally:
         runners.clear()
         gc.collect()
     return list(out.values())
+
+
+#: runtimes whose records ``op_profile=True`` profiles per op (onnxruntime's profiler, CPU)
+_PROFILED = ("ort", "ort-int8")
 
 
 def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float) -> None:
@@ -196,12 +205,13 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
           threads: int | None = None, img_sizes: Sequence[int | None] = (None,), protocol: Protocol | None = None,
           compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
           model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-          on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          on_progress: Callable[[dict[str, Any]], None] | None = None, op_profile: bool = False) -> dict[str, Any]:
     """Benchmark ``sources`` (names, checkpoints or modules) and return the report (see the module docstring).
 
     ``model`` names the model a checkpoint holds when the checkpoint does not record it;
     ``on_progress`` is called with the report so far after each record (to save it: a long run
-    that is stopped keeps what it measured).
+    that is stopped keeps what it measured). ``op_profile`` adds onnxruntime's per-op profile to the
+    ``ort`` / ``ort-int8`` records (:mod:`edgezoo.export.bench.op_profile`).
     """
     from tqdm import tqdm
 
@@ -224,7 +234,7 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
             bar = tqdm(tasks, disable=not progress, unit="run", dynamic_ncols=True, leave=False)
             for (items, pair), rt, prec, batch in bar:
                 bar.set_description(f"{items[0].name}@{items[0].src.input_size[1]} {rt.name} {prec} b{batch}")
-                recs = _run_one(items, rt, prec, batch, protocol, fp["id"], agree, calib)
+                recs = _run_one(items, rt, prec, batch, protocol, fp["id"], agree, calib, op_profile)
                 if pair is not None:
                     _pair_records(recs, *pair)
                 records.extend(recs)
