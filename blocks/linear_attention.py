@@ -43,9 +43,12 @@ __all__ = [
     "MagnitudeAwareLinearAttention",
     "TokenMixer",
     "adaptive_pool_matrix",
+    "apply_rope",
     "create_token_mixer",
     "fp32_regions",
+    "resize_map",
     "resolve_mixer",
+    "rope_2d",
     "run_fp32",
 ]
 
@@ -77,6 +80,13 @@ def adaptive_pool_matrix(size: int, out: int, like: torch.Tensor) -> torch.Tenso
     j = torch.arange(size, device=like.device)
     mask = ((j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])).to(like.dtype)
     return mask / mask.sum(1, keepdim=True)
+
+
+def resize_map(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``t`` (``(..., h0, w0)``, 4-D) resized bilinearly to ``(h, w)``; returned as it is when the size matches."""
+    if t.shape[-2:] == (h, w):
+        return t
+    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
 
 
 class TokenMixer(nn.Module):
@@ -160,26 +170,33 @@ class FocusedLinearAttention(TokenMixer):
     The focusing function ``f(x) = ||x|| / ||x**p|| * x**p`` (on ``relu(x) + 1e-6`` divided by a
     learnable per-channel softplus scale) sharpens the ReLU kernel's attention towards the most
     similar keys; a depthwise kxk conv on ``v`` shared by all heads restores the rank that the
-    low-rank linear attention map loses. The paper's learnable absolute positional encoding on
-    ``k`` is left out (it ties the module to one input size; EfficientViT's MBConv gives local
-    position), as is its spatial reduction (EfficientViT applies attention at stride 16/32).
+    low-rank linear attention map loses. The paper's learnable absolute positional encoding is
+    added to ``k`` before the focusing function (``k_pos=True``, the default): a ``(1, dim, S, S)``
+    map, ``S = pos_size``, zero-initialised as in the paper's code, resized bilinearly when the
+    feature map is not ``S x S``. ``k_pos=False`` is the position-free simplification (the module
+    then has no size-tied parameter). The paper's spatial reduction of k/v is left out (attention
+    here runs at stride 16/32).
     """
 
     paper = "FLatten Transformer: Vision Transformer using Focused Linear Attention, Han et al., ICCV 2023"
     fp32_ops = ("pow", "norm", "matmul", "mean", "div", "softplus")
 
     def __init__(self, dim: int, head_dim: int = 32, focusing_factor: float = 3.0, kernel_size: int = 5,
-                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, k_pos: bool = True,
+                 pos_size: int = 7) -> None:
         super().__init__(dim, head_dim)
         self.focusing_factor = focusing_factor
         self.qkv = ConvNormAct(dim, 3 * dim, 1, norm_layer=None, act_layer=None)
         self.scale = nn.Parameter(torch.zeros(1, dim, 1))
+        self.k_pos = nn.Parameter(torch.zeros(1, dim, pos_size, pos_size)) if k_pos else None
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
         self.proj = ConvNormAct(dim, dim, 1, norm_layer=norm_layer, act_layer=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         q, k, v = self.qkv(x).reshape(B, 3, C, H * W).unbind(1)
+        if self.k_pos is not None:
+            k = k + resize_map(self.k_pos, H, W).flatten(2)
         out = run_fp32(self.attend, q, k, v, self.scale)
         rank = self.dwc(v.reshape(B * self.num_heads, self.head_dim, H, W))
         return self.proj(out.reshape(B, C, H, W) + rank.reshape(B, C, H, W))
@@ -207,16 +224,21 @@ class AgentAttention(TokenMixer):
     ``agent_size**2`` agent tokens are the queries average-pooled to an ``agent_size`` grid. They
     first gather from all tokens (``softmax(A K^T / sqrt(d) + B1) V``), then broadcast back
     (``softmax(Q A^T / sqrt(d) + B2)``), linear in the number of tokens; a depthwise 3x3 conv on
-    ``v`` restores feature diversity. The agent biases ``B1``/``B2`` are the paper's 7x7 learnable
-    maps resized to the feature size (bilinear); its extra per-row/column biases tied to one window
-    size are left out so the module runs at any input size.
+    ``v`` restores feature diversity. The agent biases are the paper's: ``B1``/``B2`` each the sum of
+    a 7x7 learnable map per (head, agent) resized to the feature size (bilinear) and, with
+    ``rc_bias=True`` (the default), a per-row plus a per-column bias per (head, agent) on a
+    ``feature_size`` grid (``ah + aw`` for the agents' gather, ``ha + wa`` for the broadcast; resized
+    along their axis when the map has another size). The row/column biases start at zero
+    (``rc_bias_std=0.02`` draws them as the paper's code does), so a fresh module equals the
+    ``rc_bias=False`` simplification, which keeps only the resized 7x7 maps.
     """
 
     paper = "Agent Attention: On the Integration of Softmax and Linear Attention, Han et al., ECCV 2024"
     fp32_ops = ("matmul", "softmax")
 
     def __init__(self, dim: int, head_dim: int = 32, agent_size: int = 7, kernel_size: int = 3,
-                 bias_size: int = 7, norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> None:
+                 bias_size: int = 7, norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, rc_bias: bool = True,
+                 feature_size: int = 7, rc_bias_std: float = 0.0) -> None:
         super().__init__(dim, head_dim)
         self.agent_size = agent_size
         agents = agent_size * agent_size
@@ -225,6 +247,16 @@ class AgentAttention(TokenMixer):
         self.na_bias = nn.Parameter(torch.zeros(self.num_heads, agents, bias_size, bias_size))
         trunc_normal_(self.an_bias, std=0.02)
         trunc_normal_(self.na_bias, std=0.02)
+        self.rc_bias = rc_bias
+        if rc_bias:
+            h, s = self.num_heads, feature_size
+            self.ah_bias = nn.Parameter(torch.zeros(h, agents, s, 1))
+            self.aw_bias = nn.Parameter(torch.zeros(h, agents, 1, s))
+            self.ha_bias = nn.Parameter(torch.zeros(h, agents, s, 1))
+            self.wa_bias = nn.Parameter(torch.zeros(h, agents, 1, s))
+            if rc_bias_std > 0:
+                for p in (self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias):
+                    trunc_normal_(p, std=rc_bias_std)
         self.dwc = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.proj = ConvNormAct(dim, dim, 1, norm_layer=norm_layer, act_layer=None)
 
@@ -236,6 +268,9 @@ class AgentAttention(TokenMixer):
         agents = adaptive_pool_matrix(H, p, q) @ q @ adaptive_pool_matrix(W, p, q).transpose(0, 1)
         an = F.interpolate(self.an_bias, size=(H, W), mode="bilinear", align_corners=False)
         na = F.interpolate(self.na_bias, size=(H, W), mode="bilinear", align_corners=False)
+        if self.rc_bias:  # (h, A, H, 1) + (h, A, 1, W): one bias per row and one per column
+            an = an + resize_map(self.ah_bias, H, 1) + resize_map(self.aw_bias, 1, W)
+            na = na + resize_map(self.ha_bias, H, 1) + resize_map(self.wa_bias, 1, W)
         out = run_fp32(self.attend, *(self._split_heads(t) for t in (q, k, v, agents)),
                        an.flatten(2)[None], na.flatten(2)[None])
         return self.proj(out.reshape(B, C, H, W) + self.dwc(v))
@@ -261,19 +296,27 @@ class MagnitudeAwareLinearAttention(TokenMixer):
     ``phi = elu + 1``; a depthwise 5x5 conv on ``v`` (LePE) adds local position as in the paper's
     models, and so does the LayerNorm on the input (the paper's pre-norm): MALA's output grows with
     the product of the q, k, v magnitudes, which EfficientViT's norm-free residual stream would let
-    explode (x100 inputs reach inf within three blocks without it). The paper's rotary position
-    embedding and output gate are left out (EfficientViT's MBConv supplies local position, and
-    gate-free mixers stay interchangeable).
+    explode (x100 inputs reach inf within three blocks without it). As in the paper, the
+    numerator runs on rotary-embedded ``phi(q)``, ``phi(k)`` (``rope=True``: 2-D RoPE, :func:`rope_2d`)
+    while ``z`` uses them unrotated, and the output is gated: ``proj((attn + lepe) * o)`` with ``o``
+    a fourth 1x1 projection of the input (``output_gate=True``). ``rope=False, output_gate=False`` is
+    the simplification (and the form the fused ``linear_attention`` kernel runs; with RoPE the
+    numerator and ``z`` see different keys, so the reference path runs).
     """
 
     paper = "Rectifying Magnitude Neglect in Linear Attention, Fan et al., ICCV 2025"
     fp32_ops = ("layer_norm", "elu", "matmul", "mean", "div", "mul", "sub")
 
     def __init__(self, dim: int, head_dim: int = 32, kernel_size: int = 5,
-                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, rope: bool = True,
+                 output_gate: bool = True, rope_base: float = 10000.0) -> None:
         super().__init__(dim, head_dim)
+        if rope and head_dim % 4:
+            raise ValueError(f"MALA's 2-D RoPE needs head_dim divisible by 4, got {head_dim} (or pass rope=False)")
+        self.rope, self.rope_base = rope, rope_base
         self.norm = LayerNorm2d(dim, eps=1e-6)
         self.qkv = ConvNormAct(dim, 3 * dim, 1, norm_layer=None, act_layer=None)
+        self.gate = ConvNormAct(dim, dim, 1, norm_layer=None, act_layer=None) if output_gate else None
         self.lepe = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.proj = ConvNormAct(dim, dim, 1, norm_layer=norm_layer, act_layer=None)
 
@@ -281,22 +324,52 @@ class MagnitudeAwareLinearAttention(TokenMixer):
         B, C, H, W = x.shape
         x = run_fp32(self._prenorm, x, self.norm.weight, self.norm.bias)
         q, k, v = self.qkv(x).reshape(B, 3, C, H, W).unbind(1)
-        out = run_fp32(self.attend, *(self._split_heads(t) for t in (q, k, v)))
-        return self.proj(out.reshape(B, C, H, W) + self.lepe(v))
+        heads = [self._split_heads(t) for t in (q, k, v)]
+        if self.rope:
+            cos, sin = rope_2d(H, W, self.head_dim, self.rope_base, q)
+            out = run_fp32(self.attend, *heads, cos, sin)
+        else:
+            out = run_fp32(self.attend, *heads)
+        out = out.reshape(B, C, H, W) + self.lepe(v)
+        return self.proj(out if self.gate is None else out * self.gate(x))
 
     def _prenorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.permute(0, 2, 3, 1), (self.dim,), weight, bias, self.norm.eps)
         return x.permute(0, 3, 1, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """MALA on ``(B, heads, d, N)`` tensors."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None = None,
+               sin: torch.Tensor | None = None) -> torch.Tensor:
+        """MALA on ``(B, heads, d, N)`` tensors; with ``cos``/``sin`` (``(d, N)``, :func:`rope_2d`) the
+        numerator's ``phi(q)``, ``phi(k)`` are rotary-embedded."""
         scale, n = self.head_dim**-0.5, q.shape[-1]
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
-        if use_kernels(self.kernel_mode, q):
+        if cos is None and use_kernels(self.kernel_mode, q):
             return fused_linear_attention(q, k, v, 1e-6, scale, True, True)
         z = (k.mean(-1, keepdim=True).transpose(-1, -2) @ q) * scale  # (B, h, 1, N)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         kv = (v @ k.transpose(-1, -2)) * (scale / n)  # (B, h, d, d)
         return (kv @ q) * (1.0 + 1.0 / (z + 1e-6)) - v.mean(-1, keepdim=True) * z
+
+
+def rope_2d(h: int, w: int, dim: int, base: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(dim, h*w)``, of a 2-D rotary position embedding (RoFormer, Su et al., 2021, on a
+    grid): channel pairs ``(2i, 2i+1)`` of the first half rotate by ``y * theta_i``, those of the second half
+    by ``x * theta_i``, ``theta_i = base ** (-i / (dim / 4))`` for ``i < dim / 4``."""
+    quarter = dim // 4
+    dt = torch.float64 if like.dtype == torch.float64 else torch.float32
+    theta = base ** (-torch.arange(quarter, device=like.device, dtype=dt) / quarter)
+    ys = torch.arange(h, device=like.device, dtype=dt).repeat_interleave(w)
+    xs = torch.arange(w, device=like.device, dtype=dt).repeat(h)
+    angle = torch.cat([theta[:, None] * ys[None], theta[:, None] * xs[None]]).repeat_interleave(2, dim=0)
+    return angle.cos().to(like.dtype), angle.sin().to(like.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs ``(2i, 2i+1)`` of ``x`` (``(..., d, N)``) by the angles whose cos/sin are given."""
+    pairs = x.unflatten(-2, (-1, 2))
+    rotated = torch.stack([-pairs[..., 1, :], pairs[..., 0, :]], dim=-2).flatten(-3, -2)
+    return x * cos + rotated * sin
 
 
 #: Mixer name -> class; every class takes ``(dim, head_dim=..., norm_layer=..., **options)``.

@@ -22,7 +22,8 @@ class AllOps(nn.Module):
         self.num_classes = num_classes
         self.stem = nn.Conv2d(3, dim, 4, stride=4)
         self.blocks = nn.Sequential(
-            LiteMLA(dim, head_dim=8, scales=(3,)), MagnitudeAwareLinearAttention(dim, head_dim=8),
+            LiteMLA(dim, head_dim=8, scales=(3,)),
+            MagnitudeAwareLinearAttention(dim, head_dim=8, rope=False, output_gate=False),  # the kernel's form
             FocalModulation(dim, focal_level=2), SqueezeExcite(dim, reduction=4), CBAM(dim, reduction=4), ECA(dim),
             CascadedGroupAttention(dim, key_dim=8, num_heads=2, window_size=4, kernels=(3, 3)),
         )

@@ -31,7 +31,8 @@ def _cga_fused() -> nn.Module:
 BLOCKS = {
     "litemla": (lambda: LiteMLA(32, head_dim=8, scales=(3,)), (2, 32, 5, 7), "linear_attention"),
     "flatten": (lambda: FocusedLinearAttention(32, head_dim=8), (2, 32, 5, 7), "linear_attention"),
-    "mala": (lambda: MagnitudeAwareLinearAttention(32, head_dim=8), (2, 32, 5, 7), "linear_attention"),
+    "mala": (lambda: MagnitudeAwareLinearAttention(32, head_dim=8, rope=False, output_gate=False), (2, 32, 5, 7),
+             "linear_attention"),  # the form the kernel runs (RoPE MALA takes the reference path)
     "focal2": (lambda: FocalModulation(16, focal_level=2), (2, 16, 6, 5), "focal_aggregate"),
     "focal3_normalized": (lambda: FocalModulation(16, focal_level=3, normalize_modulator=True), (2, 16, 6, 5),
                           "focal_aggregate"),

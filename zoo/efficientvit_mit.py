@@ -322,6 +322,12 @@ _MIXER_VARIANTS = {
     "mala": "magnitude-aware linear attention (MALA, Fan et al., ICCV 2025)",
 }
 
+#: The b1 combinations keep each mixer's named simplification (no size-tied position parameters, and MALA in
+#: the form the fused ``linear_attention`` kernel runs); the paper-complete mixers are the defaults of the
+#: blocks and of the ``ez_mix_*`` models.
+_MIXER_SIMPLIFIED = {"flatten": {"k_pos": False}, "agent": {"rc_bias": False},
+                     "mala": {"rope": False, "output_gate": False}}
+
 _MIXER_PAPERS = {
     "flatten": ("FLatten Transformer: Vision Transformer using Focused Linear Attention", "arXiv:2308.00442"),
     "agent": ("Agent Attention: On the Integration of Softmax and Linear Attention", "arXiv:2312.08874"),
@@ -371,6 +377,6 @@ for _variant, _args in _ARCHS.items():
     )
 for _mixer, _desc in _MIXER_VARIANTS.items():
     _make_entrypoint(
-        f"ez_efficientvit_b1_{_mixer}", {**_ARCHS["b1"], "mixer": _mixer},
+        f"ez_efficientvit_b1_{_mixer}", {**_ARCHS["b1"], "mixer": _mixer, "mixer_kwargs": _MIXER_SIMPLIFIED[_mixer]},
         f"EfficientViT-B1 with LiteMLA replaced by {_desc}; an edgezoo combination with no published accuracy.",
     )
