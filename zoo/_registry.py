@@ -42,6 +42,7 @@ FAMILIES: dict[str, str] = {
     "cascaded_group": "cascaded group attention (EfficientViT-M)",
     "focal_modulation": "focal modulation (FocalNet)",
     "linear_vit": "linear-attention ViT (EfficientViT-B/L, FLatten, Agent, MALA)",
+    "mixer_sweep": "one MetaFormer macro, every token mixer (ez_mix_<mixer>_<size>)",
 }
 
 
