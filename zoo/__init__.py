@@ -18,6 +18,7 @@ from edgezoo import cnn_attention  # noqa: F401  isort: skip
 from edgezoo import shvit, efficientvit_msra  # noqa: F401  isort: skip
 from edgezoo import efficientvit_mit  # noqa: F401  isort: skip
 from edgezoo import focalnet  # noqa: F401  isort: skip
+from edgezoo import mix  # noqa: F401  isort: skip
 
 __version__ = "0.1.0"
 
