@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 JOBS    ?= 2
 
-.PHONY: demo test test-all lint bench bench-runtimes bench-timm bench-curve bench-table table export-matrix int8-table clean
+.PHONY: demo test test-all lint bench bench-runtimes bench-timm bench-curve bench-digits bench-table table export-matrix int8-table clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,7 +36,7 @@ BENCH_OUT  ?= bench/results/
 BENCH_THREADS ?= 2
 BENCH_TIMM ?= ez_efficientvit_m0 ez_shvit_s1 ez_focalnet_tiny_srf ez_efficientvit_b0 ez_efficientvit_b1 \
 	ez_resnet18_cbam ez_resnet50_se
-bench: bench-runtimes bench-timm bench-curve bench-table
+bench: bench-runtimes bench-timm bench-curve bench-digits bench-table
 
 bench-runtimes: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"
@@ -50,6 +50,12 @@ bench-timm: $(STAMP)
 bench-curve: $(STAMP)
 	-$(BIN)/edgezoo bench --smallest --runtime ort --sizes 128,192,256,384,512 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
 		--curve $(BENCH_OUT) -q
+
+# The fastest faithful CPU path per family: digits-trained models (cached under runs/digits-bench),
+# every CPU runtime, top-1 agreement on every held-out digit (<fingerprint>-digits.json).
+bench-digits: $(STAMP)
+	$(BIN)/pip install -q -e ".[openvino]"
+	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS)
 
 bench-table: $(STAMP)
 	$(BIN)/python scripts/bench_table.py $(BENCH_OUT) --write README.md

@@ -4,7 +4,8 @@
     python scripts/bench_table.py bench/results --write README.md  # splice it between the bench markers
 
 A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compare-timm``) and
-``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``), for the fingerprint id whose
+``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) and ``<id>-digits.json``
+(``scripts/fastest_path.py``: digits-trained models, agreement-gated), for the fingerprint id whose
 main report is newest, or the one given with ``--fingerprint``.
 """
 
@@ -17,18 +18,21 @@ from pathlib import Path
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def _reports(folder: Path, fingerprint: str | None) -> tuple[dict | None, dict | None, dict | None, str | None]:
+_SUFFIXES = ("", "-timm", "-sizes", "-digits")
+
+
+def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], str | None]:
     from edgezoo.export.bench.report import load_report
 
-    mains = [p for p in folder.glob("*.json") if not p.stem.endswith(("-timm", "-sizes"))]
+    mains = [p for p in folder.glob("*.json") if not p.stem.endswith(_SUFFIXES[1:])]
     if fingerprint is None:
         if not mains:
             raise SystemExit(f"no benchmark reports in {folder}: run make bench")
         fingerprint = max(mains, key=lambda p: p.stat().st_mtime).stem
-    paths = [folder / f"{fingerprint}{s}.json" for s in ("", "-timm", "-sizes")]
+    paths = [folder / f"{fingerprint}{s}.json" for s in _SUFFIXES]
     reports = [load_report(p) if p.is_file() else None for p in paths]
     png = folder / f"{fingerprint}-sizes.png"
-    return reports[0], reports[1], reports[2], (str(png) if png.is_file() else None)
+    return reports, (str(png) if png.is_file() else None)
 
 
 def main() -> int:
@@ -41,10 +45,10 @@ def main() -> int:
     parser.add_argument("--fingerprint", help="which machine's reports (default: the newest)")
     parser.add_argument("--write", type=Path, metavar="README")
     args = parser.parse_args()
-    runtimes, timm, sizes, png = _reports(args.folder, args.fingerprint)
+    (runtimes, timm, sizes, digits), png = _reports(args.folder, args.fingerprint)
     if args.write and png:
         png = str(Path(png).resolve().relative_to(args.write.resolve().parent))
-    text = markdown(runtimes, timm, sizes, png)
+    text = markdown(runtimes, timm, sizes, png, digits=digits)
     if args.write:
         args.write.write_text(splice(args.write.read_text(), text, START, END))
     else:

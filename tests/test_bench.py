@@ -259,6 +259,19 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- bench:end -->\ntail\n")
 
 
+def test_fastest_faithful_path_is_agreement_gated(tmp_path) -> None:
+    """An int8 record below 99% top-1 agreement is never the fastest path; the digits report gets its own part."""
+    from edgezoo.export.bench.markdown import fastest, markdown
+
+    report = _synthetic_report()
+    for r in report["records"]:
+        r["agreement"] = {"top1_agreement": 0.95 if (r["model"], r["runtime"]) == ("ez_a", "ort-int8") else 1.0}
+    assert {m: r["runtime"] for m, r in fastest(report).items()} == {"ez_a": "ort", "ez_b": "ort-int8",
+                                                                    "ez_c": "ort-int8"}
+    text = markdown(digits=report)
+    assert "Fastest faithful path" in text and "| `ez_a` (80, 224) | **2.00** (100.0%) | 1.00 (95.0%) |" in text
+
+
 # --- the CLI ------------------------------------------------------------------------------------
 
 def test_cli_bench_json_table_and_plot(tmp_path, capsys) -> None:

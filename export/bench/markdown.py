@@ -20,11 +20,20 @@ def _column(r: dict[str, Any]) -> str:
     return f"{r['runtime']} {r['precision']}"
 
 
-def fastest(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{model: record}`` of the fastest batch-1 CPU record of each model (GPU runtimes left out)."""
+#: the least top-1 agreement with PyTorch a record needs to count as a faithful path
+FAITHFUL = 0.99
+
+
+def fastest(report: dict[str, Any], min_agreement: float = FAITHFUL) -> dict[str, dict[str, Any]]:
+    """``{model: record}`` of the fastest batch-1 CPU record of each model (GPU runtimes left out).
+
+    A record whose top-1 agreement was measured and is below ``min_agreement`` is not a candidate.
+    """
     best: dict[str, dict[str, Any]] = {}
     for r in _ok(report):
         if r["batch"] != 1 or r["runtime"] in ("ort-cuda", "tensorrt", "coreml"):
+            continue
+        if r.get("agreement") and r["agreement"]["top1_agreement"] < min_agreement:
             continue
         if r["model"] not in best or r["latency_ms"]["p50"] < best[r["model"]]["latency_ms"]["p50"]:
             best[r["model"]] = r
@@ -67,8 +76,9 @@ def _runtime_table(report: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     notes = [f"`{c}`: {why}" for c, why in absent.items()]
     lines.append("")
-    lines.append("Batch-1 p50 latency in ms (fastest CPU path in bold; top-1 agreement with PyTorch in brackets "
-                 "where measured)." + (f" Absent here: {'; '.join(notes)}." if notes else ""))
+    lines.append(f"Batch-1 p50 latency in ms (fastest CPU path in bold; top-1 agreement with PyTorch in brackets "
+                 f"where measured: a path below {FAITHFUL:.0%} is never the fastest)."
+                 + (f" Absent here: {'; '.join(notes)}." if notes else ""))
     return lines
 
 
@@ -122,10 +132,14 @@ def _footer(report: dict[str, Any]) -> str:
 
 
 def markdown(runtimes: dict[str, Any] | None = None, timm: dict[str, Any] | None = None,
-             sizes: dict[str, Any] | None = None, curve_png: str | None = None) -> str:
-    """The speed section from up to three reports: per-runtime, ``--compare-timm`` and ``--sizes``."""
+             sizes: dict[str, Any] | None = None, curve_png: str | None = None,
+             digits: dict[str, Any] | None = None) -> str:
+    """The speed section from up to four reports: per-runtime, ``--compare-timm``, ``--sizes`` and the
+    digits-trained fastest-faithful-path report (``scripts/fastest_path.py``)."""
     parts: list[str] = []
     for title, report, render in (("Latency by runtime", runtimes, _runtime_table),
+                                  ("Fastest faithful path (digits-trained models, every held-out digit)", digits,
+                                   _runtime_table),
                                   ("Against timm", timm, _timm_table),
                                   ("Cost curve", sizes, lambda r: _curve_table(r, curve_png))):
         if report is None:

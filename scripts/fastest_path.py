@@ -1,0 +1,71 @@
+"""The fastest faithful CPU path of each family: digits-trained models on every CPU runtime, agreement-gated.
+
+    python scripts/fastest_path.py --json bench/results/          # make bench-digits
+    python scripts/fastest_path.py --train-only                    # just train (cached) checkpoints
+
+The smallest model of each family is trained briefly on digits (`edgezoo.train.train_digits`, seeded;
+checkpoints cached under ``--work``), then benchmarked with :func:`edgezoo.export.bench.bench` on
+onnxruntime fp32 / int8, OpenVINO fp32 / int8 / bf16 and ExecuTorch fp32 / int8, each batch-1 record
+with its top-1 agreement with PyTorch on every held-out digits image. The report is
+``<fingerprint>-digits.json``; the README's speed section (``scripts/bench_table.py``) names, per
+family, the fastest record whose agreement is at least 99% and its speed-up over onnxruntime fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: (model, epochs) per family, trained and timed at SIZE px.
+ROWS = [
+    ("ez_mobilenetv2_eca", 3),
+    ("ez_shvit_s1", 3),
+    ("ez_efficientvit_m0", 6),
+    ("ez_focalnet_edge_xs", 3),
+    ("ez_efficientvit_b0", 3),
+]
+SIZE = 128
+RUNTIMES = "ort,ort-int8,openvino,executorch"
+
+
+def main() -> int:
+    from int8_table import _train  # scripts/ is on sys.path when a script runs
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default="bench/results/", help="report file or folder (default bench/results/)")
+    parser.add_argument("--work", type=Path, default=Path("runs/digits-bench"), help="trained checkpoints (cached)")
+    parser.add_argument("--size", type=int, default=SIZE, help=f"train and time at this size (default {SIZE})")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--runtime", default=RUNTIMES, help=f"runtimes (default {RUNTIMES})")
+    parser.add_argument("--models", help="comma-separated subset of the rows' models")
+    parser.add_argument("--train-only", action="store_true")
+    args = parser.parse_args()
+    rows = [r for r in ROWS if not args.models or r[0] in args.models.split(",")]
+    ckpts = []
+    for name, epochs in rows:
+        ckpt, top1 = _train(name, epochs, args.size, args.work)
+        print(f"{name}: {epochs} epochs at {args.size} px, top-1 {top1:.1f}% ({ckpt})", flush=True)
+        ckpts.append(ckpt)
+    if args.train_only:
+        return 0
+
+    from edgezoo.export.bench import Protocol, bench, parse_runtimes
+    from edgezoo.export.bench.report import output_path, save_report, table
+
+    target = args.json
+
+    def save(report: dict) -> None:
+        save_report(report, output_path(target, report, "-digits"))
+
+    report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=Protocol(runs=args.runs),
+                   agree=360, calib="digits", on_progress=save)  # every held-out digit
+    save(report)
+    print(table(report))
+    print(f"JSON: {output_path(target, report, '-digits')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
