@@ -50,8 +50,9 @@ def _cell(ckpt: str, fmt: str, options: dict[str, Any], out: Path, fp32_size: di
     if fmt not in fp32_size:
         fp32_size[fmt] = export(ckpt, fmt, out / "fp32").size_bytes or 0
     res = export(ckpt, fmt, out, int8=True, calib="digits", **options)
-    p = res.parity
+    p, fb = res.parity, res.notes.get("int8_fallback") or {}
     return {"format": fmt, "options": options, "status": res.status, "agreement": p.get("top1_agreement"),
+            "float_tensors": len(fb["tensors"]) if fb else None, "candidates": fb.get("candidates"),
             "kernels": p.get("top1_agreement_ort_cpu_kernels"), "flips": p.get("top1_flips"),
             "decisive": p.get("decisive_flips"), "images": p.get("images"), "size": res.size_bytes,
             "fp32_size": fp32_size[fmt], "seconds": round(res.seconds, 1), "error": res.error}
@@ -64,6 +65,8 @@ def _fmt(c: dict[str, Any]) -> str:
     if c["kernels"] is not None:
         text += f" / {c['kernels']:.1%}"
     text += f" ({c['flips']} flips, {c['decisive']} decisive)"
+    if c.get("float_tensors") is not None:
+        text += f", {c['float_tensors']}/{c['candidates']} left float"
     if c["size"] and c["fp32_size"]:
         text += f", {c['size'] / c['fp32_size']:.2f}x size"
     return text
@@ -79,7 +82,9 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     images = {c["images"] for r in rows for c in r["cells"] if c.get("images")}
     lines.append("")
     lines.append(f"Top-1 agreement with fp32 on {', '.join(map(str, sorted(images)))} held-out digits (ONNX: "
-                 f"reference QDQ semantics / onnxruntime's int8 kernels on this CPU); `make int8-table` on {machine}.")
+                 f"reference QDQ semantics / onnxruntime's int8 kernels on this CPU); \"left float\": activations "
+                 f"the sensitivity fallback kept in float, of those quantised (`int8_fallback=auto`); "
+                 f"`make int8-table` on {machine}.")
     return "\n".join(lines)
 
 
