@@ -11,7 +11,6 @@ can execute the artifact, and moves the artifact into place only after the gate 
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 from abc import ABC, abstractmethod
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgezoo.errors import InvalidArgumentError, MissingDependencyError
+from edgezoo.errors import MissingDependencyError
 
 __all__ = [
     "PRECISIONS",
@@ -195,9 +194,6 @@ def list_formats() -> list[str]:
 
 def get_format(name: str) -> Format:
     """The registered format called ``name``; an unknown name raises an error naming close ones."""
-    key = name.strip().lower()
-    if key in _FORMATS:
-        return _FORMATS[key]
-    close = difflib.get_close_matches(key, list(_FORMATS), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise InvalidArgumentError(f"unknown export format {name!r}: {hint}formats: {', '.join(_FORMATS)}")
+    from edgezoo.errors import lookup
+
+    return lookup(_FORMATS, name, "export format")  # type: ignore[return-value]

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidArgumentError",
     "MissingDependencyError",
     "UnknownModelError",
+    "lookup",
 ]
 
 
@@ -53,3 +54,18 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed: pip install 'edgezoo[{extra}]' (or pip install {module})"
         ) from err
+
+
+def lookup(table: dict, name: str, what: str, extra: str = "") -> object:
+    """``table[name]`` (case- and space-insensitive), else an :class:`InvalidArgumentError` naming close keys.
+
+    ``what`` names the kind of thing (``"export format"``); ``extra`` is appended to the list of choices.
+    """
+    import difflib
+
+    key = name.strip().lower()
+    if key in table:
+        return table[key]
+    close = difflib.get_close_matches(key, list(table), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise InvalidArgumentError(f"unknown {what} {name!r}: {hint}{what.split()[-1]}s: {', '.join(table)}{extra}")

@@ -14,7 +14,6 @@ exporters' gates' runtimes; a benchmark is the last step of the export pipeline.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -138,12 +137,9 @@ def list_runtimes() -> list[str]:
 
 def get_runtime(name: str) -> Runtime:
     """The runtime called ``name``; an unknown name raises an error naming close ones."""
-    key = name.strip().lower()
-    if key in _RUNTIMES:
-        return _RUNTIMES[key]
-    close = difflib.get_close_matches(key, list(_RUNTIMES), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise InvalidArgumentError(f"unknown runtime {name!r}: {hint}runtimes: {', '.join(_RUNTIMES)}, or all")
+    from edgezoo.errors import lookup
+
+    return lookup(_RUNTIMES, name, "runtime", ", or all")  # type: ignore[return-value]
 
 
 def parse_runtimes(spec: str) -> list[tuple[Runtime, list[str]]]:
