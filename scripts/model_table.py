@@ -3,31 +3,83 @@
     python scripts/model_table.py              # print the table
     python scripts/model_table.py --write README.md   # replace the table between the markers
     python scripts/model_table.py --check README.md   # exit 1 if the README's table is stale
+
+Beside params and MACs, each row carries its export status per format from the export matrix JSON
+(``make export-matrix``: results/export-matrix.json) and its onnxruntime CPU latency from the newest
+benchmark report under bench/results/ that timed it (``make bench``); a model neither has run is "-".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
+ROOT = Path(__file__).resolve().parents[1]
+MATRIX = ROOT / "results" / "export-matrix.json"
+BENCH = ROOT / "bench" / "results"
+FORMATS = ("onnx", "coreml", "executorch")
 
 
-def render() -> str:
+def export_status(path: Path = MATRIX) -> dict[tuple[str, str], str]:
+    """``{(model, format): word}``: ``verified`` / ``converted`` when every precision run is, else the failures."""
+    if not path.is_file():
+        return {}
+    cells: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for r in json.loads(path.read_text())["results"]:
+        cells.setdefault((r["model"], r["format"]), []).append((r["precision"], r["status"]))
+    out = {}
+    for key, runs in cells.items():
+        failed = [p for p, s in runs if s == "failed"]
+        worst = "converted" if any(s == "converted" for _, s in runs) else "verified"
+        out[key] = f"failed ({', '.join(failed)})" if failed else f"{worst} ({'/'.join(p for p, _ in runs)})"
+    return out
+
+
+def ort_latency(folder: Path = BENCH) -> tuple[dict[tuple[str, int], float], str | None]:
+    """``{(model, px): p50 ms}`` of onnxruntime fp32 batch-1 records (the newest report wins) and its fingerprint."""
+    reports = []
+    for p in folder.glob("*.json"):
+        try:
+            reports.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    found: dict[tuple[str, int], float] = {}
+    fingerprint = None
+    for rep in sorted((r for r in reports if "records" in r), key=lambda r: r.get("finished", "")):
+        for r in rep["records"]:
+            if (r["status"], r["runtime"], r["precision"], r["batch"]) == ("ok", "ort", "fp32", 1) and \
+                    r.get("role") != "timm" and not str(r.get("source", "")).endswith((".pth", ".safetensors")):
+                found[(r["model"], r["img_size"])] = r["latency_ms"]["p50"]
+                fingerprint = f"{rep['fingerprint']['id']}, {r['threads']} threads"
+    return found, fingerprint
+
+
+def render(matrix: Path = MATRIX, bench: Path = BENCH) -> str:
     import edgezoo
     from edgezoo.cli import _entry_doc, _fmt_count
     from edgezoo.profile import profile_model
 
-    lines = ["| model | family | params | MACs | input | what it is |", "|---|---|---|---|---|---|"]
+    status = export_status(matrix)
+    latency, fingerprint = ort_latency(bench)
+    lines = ["| model | family | params | MACs | input | " + " | ".join(FORMATS) + " | ort fp32 ms | what it is |",
+             "|---|---|---|---|---|" + "---|" * len(FORMATS) + "---|---|"]
     for family in edgezoo.FAMILIES:
         if family == "mixer_sweep":  # 26 ez_mix_* models of one macro: the README's sweep section lists them
             continue
         for name in edgezoo.list_models(family=family):
             prof = profile_model(name)
             size = "x".join(map(str, prof.input_size[1:]))
+            formats = " | ".join(status.get((name, f), "-") for f in FORMATS)
+            ms = latency.get((name, prof.input_size[-1]))
             lines.append(f"| `{name}` | {family} | {_fmt_count(prof.params)} | {_fmt_count(prof.macs)} | {size} "
-                         f"| {_entry_doc(name)} |")
+                         f"| {formats} | {f'{ms:.2f}' if ms else '-'} | {_entry_doc(name)} |")
+    lines += ["", "Export status per format at the default input size with random weights (`make export-matrix`: "
+              "`verified` ran here and passed its gate, `converted` exists but cannot run here, with the precisions "
+              "run); onnxruntime CPU fp32 batch-1 p50 latency at the default size from `make bench`"
+              + (f" ({fingerprint})" if fingerprint else "") + "; `-`: not run yet."]
     return "\n".join(lines)
 
 
