@@ -1,0 +1,279 @@
+"""``edgezoo sweep``: every token mixer of one size, the same recipe and data, trained, validated, exported,
+benchmarked, tabled and charted (the mixer sweep, :mod:`edgezoo.mix`).
+
+For each mixer, in its own run folder ``OUTPUT/<mixer>/``:
+
+1. train ``ez_mix_<mixer>_<size>`` with the shared recipe (:func:`edgezoo.train.run`, ``--resume``: a
+   stopped sweep continues where it stopped, a finished run is not trained again), in a child process:
+   ``torchrun --nproc_per_node=N`` on a machine with N > 1 GPUs, else a plain process, one after another;
+   the child records its peak memory (host RSS, and CUDA's peak allocation on a GPU);
+2. validate ``best.pth`` on the held-out split (raw and EMA weights);
+3. export it to ONNX (:func:`edgezoo.export.export`, with its parity gate);
+4. benchmark it on the runtimes present (:func:`edgezoo.export.bench.bench`, batch 1, at ``bench_size``:
+   224 px by default, the models' nominal input, whatever size they trained at) and write ``row.json``,
+   which marks the mixer done.
+
+Then ``OUTPUT/sweep.{json,csv,md}`` and ``OUTPUT/pareto-<runtime>-<precision>.png`` (top-1 against latency).
+``--curve`` adds the cost curve: every mixer's latency on onnxruntime CPU at 128-1024 px
+(``OUTPUT/cost-curve.{json,png}``; random weights, which do not change fp32 latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers", "cost_curve", "main_worker", "sweep", "sweep_mixer"]
+
+CURVE_SIZES = (128, 256, 384, 512, 768, 1024)
+_EXCLUDED_BY_DEFAULT = ("compile",)  # torch.compile: minutes per model on a CPU; name it to include it
+
+
+def present_runtimes() -> str:
+    """Every registered runtime that can run here, as a ``--runtime`` spec (``compile`` only when named)."""
+    from edgezoo.export.bench import get_runtime, list_runtimes
+
+    names = [n for n in list_runtimes() if n not in _EXCLUDED_BY_DEFAULT and get_runtime(n).absent() is None]
+    return ",".join(names)
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _train_command(args: dict[str, Any], run_dir: Path, nproc: int) -> list[str]:
+    worker = ["-m", "edgezoo.train.sweep", "--model", args["model"], "--data", args["data"], "--output",
+              str(run_dir)]
+    for key in ("epochs", "img_size", "batch_size"):
+        if args.get(key) is not None:
+            worker += [f"--{key.replace('_', '-')}", str(args[key])]
+    for item in args.get("set") or ():
+        worker += ["--set", item]
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
+    return [sys.executable, *worker]
+
+
+def _train(args: dict[str, Any], run_dir: Path, nproc: int, log) -> dict[str, Any]:
+    """Run the training child; its final metrics and peak memory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = _train_command(args, run_dir, nproc)
+    log(f"{args['model']}: training ({f'torchrun x{nproc}' if nproc > 1 else 'one process'})")
+    start = time.perf_counter()
+    with (run_dir / "train.log").open("a") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        from edgezoo.errors import EdgezooError
+
+        tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] or [""]
+        raise EdgezooError(f"training {args['model']} failed (exit {proc.returncode}): {tail[0]}; "
+                           f"see {run_dir / 'train.log'}")
+    memory = json.loads((run_dir / "memory.json").read_text()) if (run_dir / "memory.json").is_file() else {}
+    memory.setdefault("host_rss_mb", round(usage.ru_maxrss / 1024, 1))  # Linux: KiB
+    memory["seconds"] = round(time.perf_counter() - start, 1)
+    return memory
+
+
+def main_worker(argv: list[str] | None = None) -> int:
+    """The training child: resolve the recipe, train with ``--resume``, write ``memory.json`` (rank 0)."""
+    import resource
+
+    import torch
+
+    from edgezoo.train import resolve_config, run
+
+    p = argparse.ArgumentParser(prog="python -m edgezoo.train.sweep")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--set", action="append", default=[])
+    a = p.parse_args(argv)
+    cfg = resolve_config(None, model=a.model, data=a.data, overrides=a.set, sched__epochs=a.epochs,
+                         data__img_size=a.img_size, data__batch_size=a.batch_size, run__output=a.output)
+    result = run(cfg, resume=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        memory = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if torch.cuda.is_available():
+            memory["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        memory["finished"] = bool(result.get("finished", False))
+        (Path(a.output) / "memory.json").write_text(json.dumps(memory))
+    return 0
+
+
+def _validate(model: str, ckpt: Path, data: str, img_size: int | None) -> tuple[float, float | None]:
+    from edgezoo.train.validate import validate_checkpoint
+
+    raw = validate_checkpoint(model, ckpt, data, img_size=img_size, output=ckpt.parent / "val")["top1"]
+    try:
+        ema = validate_checkpoint(model, ckpt, data, img_size=img_size, use_ema=True,
+                                  output=ckpt.parent / "val-ema")["top1"]
+    except Exception:  # a run without EMA weights
+        ema = None
+    return raw, ema
+
+
+def sweep_mixer(mixer: str, size: str, out: Path, train_args: dict[str, Any], runtimes: str, threads: int | None,
+                nproc: int, log, bench_size: int = 224) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Train, validate, export and benchmark one mixer (skipped when its ``row.json`` exists); ``(row, bench
+    records, fingerprint)``."""
+    from edgezoo.export import export
+    from edgezoo.export.bench import Protocol, bench, parse_runtimes
+    from edgezoo.profile import profile_model
+
+    run_dir = out / mixer
+    row_path = run_dir / "row.json"
+    if row_path.is_file():
+        done = json.loads(row_path.read_text())
+        if done.get("args") == train_args and done["row"].get("bench_size") == bench_size:
+            log(f"{done['model']}: done ({row_path}), skipped")
+            return done["row"], done["records"], done["fingerprint"]
+    name = f"ez_mix_{mixer}_{size}"
+    memory = _train({**train_args, "model": name}, run_dir, nproc, log)
+    ckpt = run_dir / "best.pth"
+    img = train_args.get("img_size")
+    top1, top1_ema = _validate(name, ckpt, train_args["data"], img)
+    log(f"{name}: top-1 {top1:.2f} (EMA {top1_ema}); exporting")
+    onnx = export(ckpt, "onnx", run_dir / "export", model=name, img_size=img)
+    calib = train_args["data"]
+    report = bench([str(ckpt)], parse_runtimes(runtimes), img_sizes=[bench_size], threads=threads, model=name,
+                   calib=calib, protocol=Protocol(warmup=5, runs=50, max_seconds=5.0), progress=False)
+    records = report["records"]
+    trained_at = img or profile_model(name).input_size[-1]
+    row = {
+        "mixer": mixer, "model": name, "params": profile_model(name).params, "macs_224": profile_model(name).macs,
+        "macs": profile_model(name, (3, trained_at, trained_at)).macs, "img_size": trained_at,
+        "bench_size": bench_size,
+        "top1": top1, "top1_ema": top1_ema, "onnx": onnx.status,
+        "latency_ms": {f"{r['runtime']} {r['precision']}": r["latency_ms"]["p50"] for r in records
+                       if r["status"] == "ok"},
+        "bench_status": {f"{r['runtime']} {r['precision']}": r["status"] for r in records},
+        "peak_train_mb": memory.get("cuda_peak_mb", memory.get("host_rss_mb")),
+        "peak_train_kind": "cuda" if "cuda_peak_mb" in memory else "host RSS",
+        "train_seconds": memory.get("seconds"),
+    }
+    row_path.write_text(json.dumps({"args": train_args, "row": row, "records": records,
+                                    "fingerprint": report["fingerprint"]}, indent=2))
+    return row, records, report["fingerprint"]
+
+
+def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits", output: str | Path | None = None,
+          epochs: int | None = None, img_size: int | None = None, batch_size: int | None = None,
+          overrides: list[str] | None = None, runtimes: str | None = None, threads: int | None = None,
+          nproc: int | None = None, bench_size: int = 224, log=print) -> dict[str, Any]:
+    """Run the sweep (see the module docstring); returns ``{"rows", "paths"}``."""
+    from edgezoo.blocks.mixers import MIXERS
+    from edgezoo.errors import InvalidArgumentError
+    from edgezoo.mix import SIZES
+    from edgezoo.train.sweep_report import pareto_charts, write_tables
+
+    if size not in SIZES:
+        raise InvalidArgumentError(f"unknown size {size!r}: pass --size {' or '.join(SIZES)}")
+    mixers = list(mixers or MIXERS)
+    unknown = [m for m in mixers if m not in MIXERS]
+    if unknown:
+        raise InvalidArgumentError(f"unknown mixer(s) {', '.join(unknown)}: choose from {', '.join(MIXERS)}")
+    out = Path(output or f"runs/sweep-{size}-{Path(data).name or 'data'}")
+    train_args = {"data": data, "epochs": epochs, "img_size": img_size or (64 if data == "digits" else None),
+                  "batch_size": batch_size, "set": list(overrides or [])}
+    runtimes = runtimes or present_runtimes()
+    nproc = _gpus() if nproc is None else nproc
+    rows, records, fingerprint = [], [], None
+    for mixer in mixers:
+        row, recs, fp = sweep_mixer(mixer, size, out, train_args, runtimes, threads, nproc, log, bench_size)
+        rows.append(row)
+        records.extend(recs)
+        fingerprint = fingerprint or fp
+    meta = {"schema": "edgezoo.sweep/1", "size": size, "data": data, "img_size": rows[0]["img_size"],
+            "bench_size": bench_size, "train": train_args, "runtimes": runtimes, "fingerprint": fingerprint,
+            "note": f"Top-1: held-out split of {data} at {rows[0]['img_size']} px. Latency: batch 1, p50 at "
+                    f"{bench_size} px. Accuracy differences on digits are not evidence about ImageNet; the latency "
+                    "columns are."}
+    paths = write_tables(rows, out, meta)
+    charts = pareto_charts(records, fingerprint, rows, out) if fingerprint else []
+    log(f"sweep: {len(rows)} mixers; {paths['md']}; charts: {', '.join(str(c) for c in charts)}")
+    return {"rows": rows, "paths": {**{k: str(v) for k, v in paths.items()}, "charts": [str(c) for c in charts]}}
+
+
+def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[int, ...] = CURVE_SIZES,
+               output: str | Path = "runs/sweep-curve", threads: int | None = None, log=print) -> dict[str, Any]:
+    """Latency on onnxruntime CPU against input size for every mixer; ``cost-curve.{json,png}`` in ``output``."""
+    from edgezoo.blocks.mixers import MIXERS
+    from edgezoo.export.bench import Protocol, bench, parse_runtimes
+    from edgezoo.export.bench.plot import cost_curve_png
+    from edgezoo.export.bench.report import save_report
+
+    out = Path(output)
+    names = [f"ez_mix_{m}_{size}" for m in (mixers or MIXERS)]
+    path = out / "cost-curve.json"
+
+    def save(report: dict[str, Any]) -> None:
+        save_report(report, path)
+
+    report = bench(names, parse_runtimes("ort"), img_sizes=list(sizes), threads=threads, progress=False,
+                   protocol=Protocol(warmup=3, runs=30, max_seconds=4.0), on_progress=save, log=lambda m: None)
+    save_report(report, path)
+    png = cost_curve_png(report, out / "cost-curve.png")
+    log(f"cost curve: {path}, {png}")
+    return {"report": str(path), "png": str(png)}
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from edgezoo.errors import InvalidArgumentError
+
+    mixers = _csv(args.mixers)
+    out = args.output or f"runs/sweep-{args.size}-{Path(args.data).name or 'data'}"
+    if not args.curve_only:
+        sweep(args.size, mixers, args.data, out, args.epochs, args.img_size, args.batch_size, args.set,
+              args.runtime, args.threads, args.nproc, args.bench_size)
+    if args.curve or args.curve_only:
+        try:
+            sizes = tuple(int(s) for s in _csv(args.curve_sizes) or CURVE_SIZES)
+        except ValueError:
+            raise InvalidArgumentError(f"--curve-sizes takes integers (128,256), got {args.curve_sizes!r}") from None
+        cost_curve(args.size, mixers, sizes, Path(out), args.threads)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="train, validate, export and benchmark every token mixer in one macro (ez_mix_*)",
+        description="The mixer sweep: ez_mix_<mixer>_<size> for every mixer, the shared recipe on the same data, "
+                    "one run folder per mixer (resumable), then sweep.{json,csv,md} and a Pareto chart per runtime.",
+    )
+    p.add_argument("--size", default="s", help="model size: s (0.3 GMACs) or m (1 GMACs)")
+    p.add_argument("--mixers", help="comma-separated mixers (default: all)")
+    p.add_argument("--data", default="digits", help="'digits' (built in) or an ImageFolder root with train/ and val/")
+    p.add_argument("--output", help="sweep folder (default runs/sweep-<size>-<data>)")
+    p.add_argument("--epochs", type=int, help="sched.epochs (default: the recipe's)")
+    p.add_argument("--img-size", type=int, help="training and benchmark input size (default 64 on digits)")
+    p.add_argument("--batch-size", type=int, help="data.batch_size per process")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe override for every mixer")
+    p.add_argument("--runtime", help="runtimes to time (default: every one present here but compile)")
+    p.add_argument("--threads", type=int, help="benchmark threads (default: all cores)")
+    p.add_argument("--bench-size", type=int, default=224, help="benchmark input size (default 224, the models')")
+    p.add_argument("--nproc", type=int, help="processes per training (default: the GPU count; >1 uses torchrun)")
+    p.add_argument("--curve", action="store_true", help="also time every mixer on onnxruntime CPU at 128-1024 px")
+    p.add_argument("--curve-only", action="store_true", help="only the cost curve (no training)")
+    p.add_argument("--curve-sizes", help=f"cost-curve input sizes (default {','.join(map(str, CURVE_SIZES))})")
+    p.set_defaults(func=cmd_sweep)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_worker())
