@@ -84,3 +84,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="folder for confusion.png (default: the checkpoint's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    from edgezoo.train.sweep import add_parsers as add_sweep_parser  # edgezoo sweep (the mixer sweep)
+
+    add_sweep_parser(sub)
