@@ -365,3 +365,30 @@ def test_op_profile_counts_kernels_per_run(tmp_path) -> None:
                            "op_profile": prof}]}
     text = op_profile_table(report)
     assert "timm_a" in text and "timm ms/run" in text and text.count("MatMul") == 1
+
+
+def test_artifacts_are_reused_from_the_work_folder_only_for_the_same_model(tmp_path, monkeypatch) -> None:
+    """A second benchmark with the same --work reuses the exported file; other weights export anew."""
+    import torch
+
+    import edgezoo.export
+    from edgezoo.export import prepare
+    from edgezoo.export.bench.runtime import Artifacts
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    src = prepare(net, img_size=32)
+    first = Artifacts(src, tmp_path).get("onnx", "fp32", 1)
+    stamp, mtime = first.with_name(first.name + ".bench.json"), first.stat().st_mtime_ns
+    assert stamp.is_file()
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the artifact was reusable")
+
+    monkeypatch.setattr(edgezoo.export, "export", no_export)
+    again = Artifacts(src, tmp_path)
+    assert again.get("onnx", "fp32", 1) == first and first.stat().st_mtime_ns == mtime
+    with torch.no_grad():
+        next(src.model.parameters()).add_(1.0)
+    with pytest.raises(AssertionError, match="exported again"):
+        Artifacts(src, tmp_path).get("onnx", "fp32", 1)

@@ -136,7 +136,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "(a folder: <fingerprint>-sizes.png)")
     p.add_argument("--op-profile", action="store_true",
                    help="ort / ort-int8: onnxruntime's profiler per op type (with --compare-timm, timm's beside)")
-    p.add_argument("--work", help="keep the exported artifacts in this folder (default: a temporary one)")
+    p.add_argument("--work", help="keep the exported artifacts in this folder and reuse them in later runs with "
+                                   "the same model and settings (default: a temporary folder)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="print the exporters' progress lines")
     p.add_argument("--list-runtimes", action="store_true", help="list runtimes, precisions and what is available")

@@ -40,12 +40,35 @@ class Artifacts:
 
     ``get("onnx", "int8", 1)`` returns the path of the static-batch-1 int8 ONNX file, exported with
     :func:`edgezoo.export.export`; a failed export raises :class:`BenchFailure` with its summary.
+    Each successful export leaves ``<artifact>.bench.json`` beside it, keyed by a digest of the
+    deploy model's tensors and every export setting (:meth:`digest`): a later benchmark with the same
+    work folder (``edgezoo bench --work DIR``) reuses the file instead of exporting it again.
     """
 
     def __init__(self, src: Any, work_dir: Path, calib: str = "digits", calib_size: int = 32,
                  log: Callable[[str], None] = lambda m: None) -> None:
         self.src, self.work_dir, self.calib, self.calib_size, self.log = src, Path(work_dir), calib, calib_size, log
         self._done: dict[tuple[str, str, int, frozenset], Any] = {}
+        self._model_digest: str | None = None
+
+    def digest(self, fmt: str, precision: str, batch: int, options: dict[str, Any]) -> str:
+        """sha256 of the model's parameters and buffers and of what the export of this artifact depends on."""
+        import hashlib
+
+        import torch
+
+        import edgezoo
+
+        if self._model_digest is None:
+            h = hashlib.sha256()
+            for name, t in [*self.src.model.state_dict().items()]:
+                h.update(name.encode())
+                h.update(t.detach().contiguous().cpu().to(torch.float32).numpy().tobytes())
+            self._model_digest = h.hexdigest()
+        settings = repr((self._model_digest, type(self.src.model).__name__, self.src.name, tuple(self.src.input_size),
+                         fmt, precision, batch, sorted(options.items()), self.calib, self.calib_size,
+                         getattr(edgezoo, "__version__", ""), torch.__version__))
+        return hashlib.sha256(settings.encode()).hexdigest()
 
     def get(self, fmt: str, precision: str, batch: int, **options: Any) -> Path:
         from edgezoo.export import export
@@ -54,8 +77,16 @@ class Artifacts:
         if key not in self._done:
             _, h, _ = self.src.input_size
             out = self.work_dir / f"{self.src.name}-{h}px-b{batch}"
-            self._done[key] = export(self.src, fmt, out, batch=batch, precision=precision, calib=self.calib,
-                                     calib_size=self.calib_size, log=self.log, **options)
+            digest = self.digest(fmt, precision, batch, options)
+            res = _reuse(out, digest)
+            if res is None:
+                res = export(self.src, fmt, out, batch=batch, precision=precision, calib=self.calib,
+                             calib_size=self.calib_size, log=self.log, **options)
+                if res.ok:
+                    _remember(res, digest)
+            else:
+                self.log(f"{self.src.name} {fmt} {precision} b{batch}: reusing {res.path}")
+            self._done[key] = res
         res = self._done[key]
         if not res.ok:
             raise BenchFailure(f"export failed: {res.summary()}")
@@ -65,6 +96,38 @@ class Artifacts:
         """The parity figures of an artifact already made (``{}`` if none)."""
         res = next((r for (f, p, b, _), r in self._done.items() if (f, p, b) == (fmt, precision, batch)), None)
         return dict(res.parity) if res is not None else {}
+
+
+def _stamp(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".bench.json")
+
+
+def _remember(res: Any, digest: str) -> None:
+    """Write ``<artifact>.bench.json``: the digest it was made for and its export result."""
+    import json
+
+    row = res.to_dict()
+    row.pop("metadata", None)
+    _stamp(res.path).write_text(json.dumps({"digest": digest, "result": row}, default=str))
+
+
+def _reuse(out: Path, digest: str) -> Any:
+    """The :class:`ExportResult` of an artifact under ``out`` made for ``digest``, or ``None``."""
+    import json
+
+    from edgezoo.export.api import ExportResult
+
+    for stamp in sorted(out.glob("*.bench.json")) if out.is_dir() else []:
+        try:
+            saved = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            continue
+        row = saved.get("result", {})
+        if saved.get("digest") == digest and row.get("path") and Path(row["path"]).exists():
+            known = set(ExportResult.__dataclass_fields__)
+            return ExportResult(**{k: v for k, v in row.items() if k in known})
+    return None
 
 
 @dataclass
