@@ -51,7 +51,7 @@ bench-curve: $(STAMP)
 	-$(BIN)/edgezoo bench --smallest --runtime ort --sizes 128,192,256,384,512 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
 		--curve $(BENCH_OUT) -q
 
-# The fastest faithful CPU path per family: digits-trained models (cached under runs/digits-bench),
+# The fastest faithful CPU path per family: digits-trained models (cached under runs/int8-table),
 # every CPU runtime, top-1 agreement on every held-out digit (<fingerprint>-digits.json).
 bench-digits: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"

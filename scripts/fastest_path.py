@@ -3,8 +3,9 @@
     python scripts/fastest_path.py --json bench/results/          # make bench-digits
     python scripts/fastest_path.py --train-only                    # just train (cached) checkpoints
 
-The smallest model of each family is trained briefly on digits (`edgezoo.train.train_digits`, seeded;
-checkpoints cached under ``--work``), then benchmarked with :func:`edgezoo.export.bench.bench` on
+One model of each family is trained briefly on digits at the small sizes digits suit (the same rows
+and cached checkpoints as ``scripts/int8_table.py``: `edgezoo.train.train_digits`, seeded, under
+``--work``), then benchmarked with :func:`edgezoo.export.bench.bench` on
 onnxruntime fp32 / int8, OpenVINO fp32 / int8 / bf16 and ExecuTorch fp32 / int8, each batch-1 record
 with its top-1 agreement with PyTorch on every held-out digits image. The report is
 ``<fingerprint>-digits.json``; the README's speed section (``scripts/bench_table.py``) names, per
@@ -17,25 +18,16 @@ import argparse
 import sys
 from pathlib import Path
 
-#: (model, epochs) per family, trained and timed at SIZE px.
-ROWS = [
-    ("ez_mobilenetv2_eca", 3),
-    ("ez_shvit_s1", 3),
-    ("ez_efficientvit_m0", 6),
-    ("ez_focalnet_edge_xs", 3),
-    ("ez_efficientvit_b0", 3),
-]
-SIZE = 128
-RUNTIMES = "ort,ort-int8,openvino,executorch"
+RUNTIMES = "torch,ort,ort-int8,openvino,executorch"
 
 
 def main() -> int:
-    from int8_table import _train  # scripts/ is on sys.path when a script runs
+    from int8_table import ROWS, _train  # scripts/ is on sys.path when a script runs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="bench/results/", help="report file or folder (default bench/results/)")
-    parser.add_argument("--work", type=Path, default=Path("runs/digits-bench"), help="trained checkpoints (cached)")
-    parser.add_argument("--size", type=int, default=SIZE, help=f"train and time at this size (default {SIZE})")
+    parser.add_argument("--work", type=Path, default=Path("runs/int8-table"),
+                        help="trained checkpoints and exported artifacts, reused later (default runs/int8-table)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--runtime", default=RUNTIMES, help=f"runtimes (default {RUNTIMES})")
@@ -44,9 +36,9 @@ def main() -> int:
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.models or r[0] in args.models.split(",")]
     ckpts = []
-    for name, epochs in rows:
-        ckpt, top1 = _train(name, epochs, args.size, args.work)
-        print(f"{name}: {epochs} epochs at {args.size} px, top-1 {top1:.1f}% ({ckpt})", flush=True)
+    for name, epochs, size in rows:
+        ckpt, top1 = _train(name, epochs, size, args.work)
+        print(f"{name}: {epochs} epochs at {size} px, top-1 {top1:.1f}% ({ckpt})", flush=True)
         ckpts.append(ckpt)
     if args.train_only:
         return 0
@@ -60,7 +52,8 @@ def main() -> int:
         save_report(report, output_path(target, report, "-digits"))
 
     report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=Protocol(runs=args.runs),
-                   agree=360, calib="digits", on_progress=save)  # every held-out digit
+                   agree=360, calib="digits", on_progress=save,  # every held-out digit
+                   work_dir=args.work / "bench-artifacts")
     save(report)
     print(table(report))
     print(f"JSON: {output_path(target, report, '-digits')}")
