@@ -61,7 +61,12 @@ def _family(name: str) -> str | None:
 
 def _item(source: Any, img_size: int | None, threads: int, work: Path, calib: str, log: Callable[[str], None],
           name: str | None = None, deploy: bool = True) -> BenchItem:
-    """A :class:`BenchItem` of ``source`` (deploy form unless ``deploy`` is false: then as it is, eval mode)."""
+    """A :class:`BenchItem` of ``source`` (deploy form unless ``deploy`` is false: then as it is, eval mode).
+
+    A ``BenchItem`` passes through as it is: its caller made the source and the artifacts (e.g. exported already).
+    """
+    if isinstance(source, BenchItem):
+        return source
     from edgezoo.export import prepare
     from edgezoo.export.source import resolve_source
     from edgezoo.profile import count_macs, count_params
@@ -206,7 +211,7 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
           compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
           model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
           on_progress: Callable[[dict[str, Any]], None] | None = None, op_profile: bool = False) -> dict[str, Any]:
-    """Benchmark ``sources`` (names, checkpoints or modules) and return the report (see the module docstring).
+    """Benchmark ``sources`` (names, checkpoints, modules, or ready :class:`BenchItem` s) and return the report (see the module docstring).
 
     ``model`` names the model a checkpoint holds when the checkpoint does not record it;
     ``on_progress`` is called with the report so far after each record (to save it: a long run
