@@ -104,6 +104,8 @@ def main_worker(argv: list[str] | None = None) -> int:
     cfg = resolve_config(None, model=a.model, data=a.data, overrides=a.set, sched__epochs=a.epochs,
                          data__img_size=a.img_size, data__batch_size=a.batch_size, run__output=a.output)
     result = run(cfg, resume=True)
+    if result.get("finished") and (Path(a.output) / "memory.json").is_file():
+        return 0  # trained before: keep the memory that training measured
     if int(os.environ.get("RANK", "0")) == 0:
         memory = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
         if torch.cuda.is_available():
@@ -207,23 +209,70 @@ def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits"
     return {"rows": rows, "paths": {**{k: str(v) for k, v in paths.items()}, "charts": [str(c) for c in charts]}}
 
 
+def _ort_latency(model: Any, size: int, threads: int, protocol: Any, work: Path) -> dict[str, Any]:
+    """Batch-1 latency of ``model`` at ``size`` px on onnxruntime CPU (TorchScript-based ONNX export, no gate)."""
+    import onnxruntime as ort
+    import torch
+
+    from edgezoo.export.bench.protocol import measure
+
+    path = work / f"m{size}.onnx"
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    stats = measure({"m": lambda: session.run(None, feed)}, protocol)["m"]
+    path.unlink()
+    return {"p50": round(stats.p50_ms, 4), "p90": round(stats.p90_ms, 4), "min": round(stats.min_ms, 4)}
+
+
 def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[int, ...] = CURVE_SIZES,
                output: str | Path = "runs/sweep-curve", threads: int | None = None, log=print) -> dict[str, Any]:
-    """Latency on onnxruntime CPU against input size for every mixer; ``cost-curve.{json,png}`` in ``output``."""
+    """Latency on onnxruntime CPU against input size for every mixer; ``cost-curve.{json,png}`` in ``output``.
+
+    Each mixer's deploy form (:func:`edgezoo.fuse`, random weights: fp32 latency does not depend on them) is
+    exported once per size with torch's TorchScript-based exporter and timed by the bench protocol
+    (:func:`edgezoo.export.bench.measure`); the export is not parity-gated (the sweep's own ONNX files
+    are), which keeps a 1024 px point to seconds on a small CPU. The JSON is saved after every point.
+    """
+    import tempfile
+
+    import torch
+
+    import edgezoo
     from edgezoo.blocks.mixers import MIXERS
-    from edgezoo.export.bench import Protocol, bench, parse_runtimes
-    from edgezoo.export.bench.plot import cost_curve_png
+    from edgezoo.export.bench import Protocol
+    from edgezoo.export.bench.fingerprint import fingerprint
+    from edgezoo.export.bench.plot import cost_curve_png, fit_exponents
     from edgezoo.export.bench.report import save_report
+    from edgezoo.export.bench.run import check_threads
 
     out = Path(output)
-    names = [f"ez_mix_{m}_{size}" for m in (mixers or MIXERS)]
+    threads = check_threads(threads)
+    protocol = Protocol(warmup=3, runs=30, max_seconds=4.0)
+    report: dict[str, Any] = {"schema": "edgezoo.sweep-curve/1", "fingerprint": fingerprint(threads),
+                              "protocol": protocol.to_dict(), "exporter": "torch.onnx (TorchScript), opset 17",
+                              "records": []}
     path = out / "cost-curve.json"
-
-    def save(report: dict[str, Any]) -> None:
-        save_report(report, path)
-
-    report = bench(names, parse_runtimes("ort"), img_sizes=list(sizes), threads=threads, progress=False,
-                   protocol=Protocol(warmup=3, runs=30, max_seconds=4.0), on_progress=save, log=lambda m: None)
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as work:
+        for mixer in mixers or MIXERS:
+            name = f"ez_mix_{mixer}_{size}"
+            model = edgezoo.fuse(edgezoo.create_model(name).eval())
+            for px in sizes:
+                rec = {"model": name, "mixer": mixer, "img_size": px, "runtime": "ort", "precision": "fp32",
+                       "batch": 1, "threads": threads}
+                try:
+                    rec.update(status="ok", latency_ms=_ort_latency(model, px, threads, protocol, Path(work)))
+                except Exception as err:  # one failed point is a record, never the end of the curve
+                    rec.update(status="failed", error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                report["records"].append(rec)
+                log(f"{name} {px}px: {rec.get('latency_ms', {}).get('p50', rec.get('error'))}")
+                save_report(report, path)
+    report["exponents"] = fit_exponents(report)
     save_report(report, path)
     png = cost_curve_png(report, out / "cost-curve.png")
     log(f"cost curve: {path}, {png}")
