@@ -179,7 +179,6 @@ def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits"
     from edgezoo.blocks.mixers import MIXERS
     from edgezoo.errors import InvalidArgumentError
     from edgezoo.mix import SIZES
-    from edgezoo.train.sweep_report import pareto_charts, write_tables
 
     if size not in SIZES:
         raise InvalidArgumentError(f"unknown size {size!r}: pass --size {' or '.join(SIZES)}")
@@ -192,12 +191,39 @@ def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits"
                   "batch_size": batch_size, "set": list(overrides or [])}
     runtimes = runtimes or present_runtimes()
     nproc = _gpus() if nproc is None else nproc
+    for mixer in mixers:
+        sweep_mixer(mixer, size, out, train_args, runtimes, threads, nproc, log, bench_size)
+    return write_sweep(out, mixers, size, data, train_args, runtimes, bench_size, log)
+
+
+def _epoch_seconds(run_dir: Path) -> float | None:
+    """Training time: the sum of the epochs' times in ``metrics.jsonl`` (validation included)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return round(sum(r.get("epoch_time", 0.0) for r in rows), 1) or None
+
+
+def write_sweep(out: Path, mixers: list[str], size: str, data: str, train_args: dict[str, Any], runtimes: str,
+                bench_size: int, log=print) -> dict[str, Any]:
+    """Tables and charts from the ``row.json`` of every mixer of ``mixers`` done so far (in that order)."""
+    from edgezoo.train.sweep_report import pareto_charts, write_tables
+
     rows, records, fingerprint = [], [], None
     for mixer in mixers:
-        row, recs, fp = sweep_mixer(mixer, size, out, train_args, runtimes, threads, nproc, log, bench_size)
+        path = out / mixer / "row.json"
+        if not path.is_file():
+            continue
+        done = json.loads(path.read_text())
+        row = {**done["row"], "train_seconds": _epoch_seconds(out / mixer) or done["row"].get("train_seconds")}
         rows.append(row)
-        records.extend(recs)
-        fingerprint = fingerprint or fp
+        records.extend(done["records"])
+        fingerprint = fingerprint or done["fingerprint"]
+    if not rows:
+        from edgezoo.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"no finished mixer in {out}: run the sweep first")
     meta = {"schema": "edgezoo.sweep/1", "size": size, "data": data, "img_size": rows[0]["img_size"],
             "bench_size": bench_size, "train": train_args, "runtimes": runtimes, "fingerprint": fingerprint,
             "note": f"Top-1: held-out split of {data} at {rows[0]['img_size']} px. Latency: batch 1, p50 at "
@@ -288,6 +314,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     mixers = _csv(args.mixers)
     out = args.output or f"runs/sweep-{args.size}-{Path(args.data).name or 'data'}"
+    if args.tables_only:
+        from edgezoo.blocks.mixers import MIXERS
+
+        write_sweep(Path(out), mixers or list(MIXERS), args.size, args.data, {}, args.runtime or "", args.bench_size)
+        return 0
     if not args.curve_only:
         sweep(args.size, mixers, args.data, out, args.epochs, args.img_size, args.batch_size, args.set,
               args.runtime, args.threads, args.nproc, args.bench_size)
@@ -320,6 +351,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int, help="processes per training (default: the GPU count; >1 uses torchrun)")
     p.add_argument("--curve", action="store_true", help="also time every mixer on onnxruntime CPU at 128-1024 px")
     p.add_argument("--curve-only", action="store_true", help="only the cost curve (no training)")
+    p.add_argument("--tables-only", action="store_true", help="rebuild the tables and charts from the mixers done")
     p.add_argument("--curve-sizes", help=f"cost-curve input sizes (default {','.join(map(str, CURVE_SIZES))})")
     p.set_defaults(func=cmd_sweep)
 
