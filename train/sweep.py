@@ -235,24 +235,20 @@ def write_sweep(out: Path, mixers: list[str], size: str, data: str, train_args: 
     return {"rows": rows, "paths": {**{k: str(v) for k, v in paths.items()}, "charts": [str(c) for c in charts]}}
 
 
-def _ort_latency(model: Any, size: int, threads: int, protocol: Any, work: Path) -> dict[str, Any]:
-    """Batch-1 latency of ``model`` at ``size`` px on onnxruntime CPU (TorchScript-based ONNX export, no gate)."""
+def _ort_session(model: Any, size: int, threads: int, work: Path) -> tuple[Any, dict[str, Any]]:
+    """An onnxruntime CPU session of ``model`` at ``size`` px (TorchScript-based export, no gate) and its feed."""
     import onnxruntime as ort
     import torch
 
-    from edgezoo.export.bench.protocol import measure
-
-    path = work / f"m{size}.onnx"
+    path = work / f"{id(model)}-{size}.onnx"
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
-    stats = measure({"m": lambda: session.run(None, feed)}, protocol)["m"]
     path.unlink()
-    return {"p50": round(stats.p50_ms, 4), "p90": round(stats.p90_ms, 4), "min": round(stats.min_ms, 4)}
+    return session, {"input": x.numpy()}
 
 
 def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[int, ...] = CURVE_SIZES,
@@ -260,9 +256,10 @@ def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[in
     """Latency on onnxruntime CPU against input size for every mixer; ``cost-curve.{json,png}`` in ``output``.
 
     Each mixer's deploy form (:func:`edgezoo.fuse`, random weights: fp32 latency does not depend on them) is
-    exported once per size with torch's TorchScript-based exporter and timed by the bench protocol
-    (:func:`edgezoo.export.bench.measure`); the export is not parity-gated (the sweep's own ONNX files
-    are), which keeps a 1024 px point to seconds on a small CPU. The JSON is saved after every point.
+    exported once per size with torch's TorchScript-based exporter (not parity-gated: the sweep's own ONNX
+    files are), and at each size all mixers are timed *interleaved* by the bench protocol
+    (:func:`edgezoo.export.bench.measure`: round-robin rounds), so a loaded machine slows them alike and
+    their ratios hold. The JSON is saved after every size.
     """
     import tempfile
 
@@ -270,7 +267,7 @@ def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[in
 
     import edgezoo
     from edgezoo.blocks.mixers import MIXERS
-    from edgezoo.export.bench import Protocol
+    from edgezoo.export.bench import Protocol, measure
     from edgezoo.export.bench.fingerprint import fingerprint
     from edgezoo.export.bench.plot import cost_curve_png, fit_exponents
     from edgezoo.export.bench.report import save_report
@@ -278,26 +275,37 @@ def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[in
 
     out = Path(output)
     threads = check_threads(threads)
-    protocol = Protocol(warmup=3, runs=30, max_seconds=4.0)
+    protocol = Protocol(warmup=3, runs=20, max_seconds=60.0)
     report: dict[str, Any] = {"schema": "edgezoo.sweep-curve/1", "fingerprint": fingerprint(threads),
                               "protocol": protocol.to_dict(), "exporter": "torch.onnx (TorchScript), opset 17",
-                              "records": []}
+                              "timing": "all mixers interleaved at each size", "records": []}
     path = out / "cost-curve.json"
     torch.set_num_threads(threads)
+    models = {m: edgezoo.fuse(edgezoo.create_model(f"ez_mix_{m}_{size}").eval()) for m in (mixers or MIXERS)}
     with tempfile.TemporaryDirectory() as work:
-        for mixer in mixers or MIXERS:
-            name = f"ez_mix_{mixer}_{size}"
-            model = edgezoo.fuse(edgezoo.create_model(name).eval())
-            for px in sizes:
-                rec = {"model": name, "mixer": mixer, "img_size": px, "runtime": "ort", "precision": "fp32",
-                       "batch": 1, "threads": threads}
+        for px in sizes:
+            fns, failed = {}, {}
+            for mixer, model in models.items():
                 try:
-                    rec.update(status="ok", latency_ms=_ort_latency(model, px, threads, protocol, Path(work)))
+                    session, feed = _ort_session(model, px, threads, Path(work))
+                    fns[mixer] = lambda s=session, f=feed: s.run(None, f)
                 except Exception as err:  # one failed point is a record, never the end of the curve
-                    rec.update(status="failed", error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                    failed[mixer] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+            stats = measure(fns, protocol) if fns else {}
+            for mixer in models:
+                rec = {"model": f"ez_mix_{mixer}_{size}", "mixer": mixer, "img_size": px, "runtime": "ort",
+                       "precision": "fp32", "batch": 1, "threads": threads}
+                if mixer in stats:
+                    st = stats[mixer]
+                    rec.update(status="ok", runs=st.runs, latency_ms={"p50": round(st.p50_ms, 4),
+                                                                      "p90": round(st.p90_ms, 4),
+                                                                      "min": round(st.min_ms, 4)})
+                else:
+                    rec.update(status="failed", error=failed.get(mixer, "not timed"))
                 report["records"].append(rec)
-                log(f"{name} {px}px: {rec.get('latency_ms', {}).get('p50', rec.get('error'))}")
-                save_report(report, path)
+            log(f"{px}px: " + ", ".join(f"{m} {stats[m].p50_ms:.1f}" for m in stats))
+            fns.clear()
+            save_report(report, path)
     report["exponents"] = fit_exponents(report)
     save_report(report, path)
     png = cost_curve_png(report, out / "cost-curve.png")
