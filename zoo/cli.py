@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from edgezoo.errors import EdgezooError
@@ -106,41 +107,18 @@ def _entry_doc(name: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The pipeline end to end on real data: list, train on digits, validate, deploy form, parity."""
-    import tempfile
+    """The whole pipeline on digits (:func:`edgezoo.demo.run_demo`): train, validate, export, benchmark, report."""
+    from edgezoo.demo import run_demo
 
-    import torch
-
-    from edgezoo import create_model, fuse, load_checkpoint
-    from edgezoo.train import train_digits, validate_checkpoint
-
-    print("== the zoo ==")
-    cmd_list(argparse.Namespace(filter=args.filter, family=None, json=False))
-    output = args.output or tempfile.mkdtemp(prefix="edgezoo-demo-")
-    print(f"\n== train {args.model} on scikit-learn's digits ({args.epochs} epochs, {args.img_size}px) ==")
-    final = train_digits(args.model, epochs=args.epochs, img_size=args.img_size, output=output)
-    ckpt = final["checkpoint"]
-    print(f"\n== validate {ckpt} ==")
-    results = {ema: validate_checkpoint(args.model, ckpt, "digits", use_ema=ema) for ema in (False, True)}
-    for ema, res in results.items():
-        print(f"  {'EMA weights' if ema else 'weights'}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
-              f"loss {res['loss']:.4f}")
-    print(f"  confusion matrix: {results[False]['confusion_png']}")
-
-    print("\n== deploy form (edgezoo.fuse) ==")
-    model = create_model(args.model, num_classes=final.get("num_classes", 10)).eval()
-    load_checkpoint(model, ckpt)
-    deploy = fuse(model)
-    x = torch.randn(16, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref, out = model(x), deploy(x)
-    err = ((out - ref).abs().max() / ref.abs().max()).item()
-    same = (out.argmax(1) == ref.argmax(1)).float().mean().item() * 100
-    params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in deploy.parameters()))
-    print(f"  params {params[0]:,} -> {params[1]:,}; relative max error {err:.1e}; same prediction {same:.0f}%")
-    best = max(r["top1"] for r in results.values())
-    print(f"\ndemo done: {args.model} reaches {best:.2f}% top-1 on held-out digits; run folder {output}")
-    return 0
+    families = [f for f in (args.families or "").split(",") if f.strip()] or None
+    formats = [f for f in args.formats.split(",") if f.strip()] if args.formats is not None else None
+    started = time.perf_counter()
+    done = run_demo(args.out, families=families, quick=args.quick, resume=args.resume, epochs=args.epochs,
+                    img_size=args.img_size, formats=formats, jobs=args.jobs, sets=args.set or [],
+                    progress=not args.quiet)
+    print(f"edgezoo demo: report {done['report_md']} (charts and report.json beside it), "
+          f"{time.perf_counter() - started:.0f} s" + ("; some stages FAILED, see the report" if done["failed"] else ""))
+    return 1 if done["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,12 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="what `make demo` runs: list, train on digits, validate, fuse")
-    p.add_argument("--model", default="ez_resnet18_eca")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--output", help="run folder (default: a new temporary folder)")
-    p.add_argument("--filter", default="", help="which models the listing shows")
+    p = sub.add_parser("demo", help="the whole pipeline on digits in minutes: train, validate, export, bench, report",
+                       description="Train the smallest model of each family on the built-in digits data, validate, "
+                                   "export through every parity gate, benchmark every runtime present and write "
+                                   "OUT/report.md with its charts.")
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out; safe to run again into it)")
+    p.add_argument("--quick", action="store_true", help="one family, two epochs, no ExecuTorch: about a minute")
+    p.add_argument("--resume", action="store_true", help="reuse finished training runs (and exports) in OUT")
+    p.add_argument("--families", help="comma-separated families (default: all five; see edgezoo info MODEL)")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: each family's schedule)")
+    p.add_argument("--img-size", type=int, default=32, help="input size in pixels (default 32)")
+    p.add_argument("--formats", help="comma-separated: onnx, onnx-int8, coreml, executorch, executorch-int8, "
+                                     "tensorrt (default all but executorch-int8; empty: none)")
+    p.add_argument("--jobs", type=int, help="worker processes side by side (default: the cores; 0: in this process)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe override, as edgezoo train --set")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     for module in PLUGINS:

@@ -1,0 +1,117 @@
+"""``edgezoo demo``: the pipeline end to end on digits, its report and charts, --resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgezoo.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _valid_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG, path
+    with Image.open(path) as img:
+        img.verify()
+        assert img.size[0] > 200 and img.size[1] > 200
+
+
+def _table_row(report: str, model: str) -> dict[str, str]:
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = next(line for line in lines[2:] if f"`{model}`" in line)
+    return dict(zip(head, [c.strip() for c in row.strip("|").split("|")], strict=True))
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> tuple[Path, dict, float]:
+    """One family, one epoch on 40% of digits, no exports, torch timed: the cheapest whole run (in this process)."""
+    from edgezoo.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    kwargs = dict(families=["focal_modulation"], epochs=1, formats=[], jobs=0, progress=False,
+                  sets=["data.val_fraction=0.6"], protocol={"warmup": 2, "runs": 20, "max_seconds": 0.5})
+    done = run_demo(out, **kwargs)
+    best = out / "runs" / "ez_focalnet_edge_xs-32px-1ep" / "best.pth"
+    return out, {"done": done, "kwargs": kwargs}, best.stat().st_mtime_ns
+
+
+def test_report_holds_the_measured_values(tiny_demo) -> None:
+    from edgezoo.train import validate_checkpoint
+
+    out, run, _ = tiny_demo
+    assert not run["done"]["failed"]
+    report = (out / "report.md").read_text()
+    row = _table_row(report, "ez_focalnet_edge_xs")
+    saved = json.loads((out / "report.json").read_text())["results"][0]
+    ckpt = out / "runs" / "ez_focalnet_edge_xs-32px-1ep" / "best.pth"
+    again = validate_checkpoint("ez_focalnet_edge_xs", ckpt, "digits", use_ema=saved["use_ema"],
+                                output=out / "check")
+    assert row["val top-1"] == f"{again['top1']:.2f}%"
+    assert again["top1"] > 50  # ten classes: chance is 10%
+    assert row["family"] == "focal modulation" and row["params"].endswith("K")
+    timed = next(r for r in saved["bench"]["records"] if r["runtime"] == "torch")
+    assert timed["status"] == "ok" and row["`torch fp32` ms"] == f"{timed['latency_ms']['p50']:.2f}"
+    assert len(saved["train"]["history"]) == 1
+    for name in ("accuracy_latency", "training_curves", "latency_runtimes"):
+        _valid_png(out / f"{name}.png")
+        assert f"({name}.png)" in report
+    _valid_png(out / "models" / "ez_focalnet_edge_xs" / "confusion.png")
+
+
+def test_resume_reuses_the_trained_model(tiny_demo) -> None:
+    from edgezoo.demo import run_demo
+
+    out, run, mtime = tiny_demo
+    done = run_demo(out, resume=True, **run["kwargs"])
+    assert not done["failed"]
+    best = out / "runs" / "ez_focalnet_edge_xs-32px-1ep" / "best.pth"
+    assert best.stat().st_mtime_ns == mtime
+    log = (out / "models" / "ez_focalnet_edge_xs" / "train.log").read_text()
+    assert "demo: reused the finished run" in log
+    saved = json.loads((out / "report.json").read_text())["results"][0]
+    assert saved["train"]["reused"] is True and len(saved["train"]["history"]) == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--families", "focal_modulaton"], "unknown demo family name 'focal_modulaton': did you mean focal_modulation"),
+    (["--formats", "onnx,tflite"], "unknown demo format 'tflite'"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+])
+def test_bad_input_is_one_line(args, words, capsys, tmp_path) -> None:
+    assert main(["demo", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edgezoo: error: ") and words in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_that_is_a_file_is_one_line(capsys, tmp_path) -> None:
+    target = tmp_path / "report.md"
+    target.write_text("x")
+    assert main(["demo", "--out", str(target), "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file: give a folder" in err[0]
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path) -> None:
+    """`edgezoo demo --quick` as a user runs it: worker processes, the quick formats through their gates."""
+    proc = subprocess.run([sys.executable, "-m", "edgezoo.cli", "demo", "--quick", "--out", str(tmp_path), "-q"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"report .*report\.md", proc.stdout)
+    saved = json.loads((tmp_path / "report.json").read_text())["results"]
+    assert len(saved) == 1 and saved[0]["val"]["top1"] > 90
+    for key, res in saved[0]["exports"].items():
+        assert res["status"] in ("verified", "converted"), (key, res.get("error"))
+    assert saved[0]["exports"]["onnx-int8"]["parity"]["top1_agreement"] >= 0.95
+    runtimes = {r["runtime"] for r in saved[0]["bench"]["records"] if r["status"] == "ok"}
+    assert {"torch", "ort", "ort-int8"} <= runtimes
