@@ -2,6 +2,7 @@
 
     python scripts/fastest_path.py --json bench/results/          # make bench-digits
     python scripts/fastest_path.py --train-only                    # just train (cached) checkpoints
+    python scripts/fastest_path.py --checkpoints demo-out/runs/*/best.pth   # time checkpoints you have
 
 One model of each family is trained briefly on digits at the small sizes digits suit (the same rows
 and cached checkpoints as ``scripts/int8_table.py``: `edgezoo.train.train_digits`, seeded, under
@@ -33,10 +34,12 @@ def main() -> int:
     parser.add_argument("--runtime", default=RUNTIMES, help=f"runtimes (default {RUNTIMES})")
     parser.add_argument("--models", help="comma-separated subset of the rows' models")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--checkpoints", nargs="+", help="digits-trained checkpoints to time instead of the rows' "
+                                                         "(e.g. edgezoo demo's demo-out/runs/*/best.pth)")
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.models or r[0] in args.models.split(",")]
-    ckpts = []
-    for name, epochs, size in rows:
+    ckpts = list(args.checkpoints or [])
+    for name, epochs, size in [] if ckpts else rows:
         ckpt, top1 = _train(name, epochs, size, args.work)
         print(f"{name}: {epochs} epochs at {size} px, top-1 {top1:.1f}% ({ckpt})", flush=True)
         ckpts.append(ckpt)
