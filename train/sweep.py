@@ -308,9 +308,9 @@ def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[in
             save_report(report, path)
     report["exponents"] = fit_exponents(report)
     save_report(report, path)
-    png = cost_curve_png(report, out / "cost-curve.png")
-    log(f"cost curve: {path}, {png}")
-    return {"report": str(path), "png": str(png)}
+    png = cost_curve_png(report, out / "cost-curve.png") if len(set(sizes)) > 1 else None  # a curve needs 2 sizes
+    log(f"cost curve: {path}{f', {png}' if png else ''}")
+    return {"report": str(path), "png": str(png) if png else None}
 
 
 def _csv(text: str | None) -> list[str] | None:
