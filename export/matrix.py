@@ -126,7 +126,8 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     lines.append(f"Generated from the export matrix JSON of {matrix['started']} ({matrix['machine']}): {total}. "
                  "`verified`: a runtime here ran the artifact and it passed its gate (relative max error "
                  "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; "
-                 "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated).")
+                 "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated)."
+                 + (f" Runs: {matrix['note']}." if matrix.get("note") else ""))
     return "\n".join(lines)
 
 
