@@ -207,13 +207,31 @@ def _parity_inputs(job: ExportJob, trained: bool) -> list[torch.Tensor]:
     return [c for c in chunks if len(c) == job.batch]
 
 
+@torch.no_grad()
+def _reference(model: nn.Module, inputs: list[np.ndarray], most: int = 32) -> np.ndarray:
+    """PyTorch's outputs on ``inputs`` (chunks of the artifact's batch), run in batches of up to ``most`` images.
+
+    The artifact runs chunk by chunk (its static batch); PyTorch needs no such split, and batching
+    its side is most of the int8 gate's time saved (360 held-out images at batch 1).
+    """
+    outs, i = [], 0
+    while i < len(inputs):
+        j, n = i, 0
+        while j < len(inputs) and inputs[j].shape[1:] == inputs[i].shape[1:] and n + len(inputs[j]) <= max(most, 1):
+            n += len(inputs[j])
+            j += 1
+        j = max(j, i + 1)
+        outs.append(model(torch.from_numpy(np.concatenate(inputs[i:j]))).float().numpy())
+        i = j
+    return np.concatenate(outs)
+
+
 def _gate(fmt: Format, job: ExportJob, artifact: Path, trained: bool) -> tuple[str, dict[str, Any]]:
     reason = fmt.runtime_reason()
     if reason is not None:
         return "converted", {"passed": None, "reason": f"not run: {reason}"}
     inputs = [x.numpy() for x in _parity_inputs(job, trained)]
-    with torch.no_grad():
-        ref = np.concatenate([job.model(torch.from_numpy(x)).float().numpy() for x in inputs])
+    ref = _reference(job.model, inputs)
     try:
         out = np.concatenate([fmt.run(artifact, x, job) for x in inputs])
     except NotRunnable as err:
