@@ -140,7 +140,7 @@ def sweep_mixer(mixer: str, size: str, out: Path, train_args: dict[str, Any], ru
     if row_path.is_file():
         done = json.loads(row_path.read_text())
         if done.get("args") == train_args and done["row"].get("bench_size") == bench_size:
-            log(f"{done['model']}: done ({row_path}), skipped")
+            log(f"{done['row']['model']}: done ({row_path}), skipped")
             return done["row"], done["records"], done["fingerprint"]
     name = f"ez_mix_{mixer}_{size}"
     memory = _train({**train_args, "model": name}, run_dir, nproc, log)
