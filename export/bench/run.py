@@ -214,6 +214,7 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     """Benchmark ``sources`` (names, checkpoints, modules, or ready :class:`BenchItem` s); return the report.
 
     See the module docstring for the report.
+
     ``model`` names the model a checkpoint holds when the checkpoint does not record it;
     ``on_progress`` is called with the report so far after each record (to save it: a long run
     that is stopped keeps what it measured). ``op_profile`` adds onnxruntime's per-op profile to the
