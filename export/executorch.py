@@ -1,8 +1,9 @@
 """ExecuTorch: ``torch.export`` lowered to the XNNPACK delegate, a ``.pte`` gated in the ExecuTorch runtime.
 
 * fp32: ``torch.export.export`` at the static export shape, then
-  ``executorch.exir.to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` and
-  ``to_executorch()``.
+  ``executorch.exir.to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` (after
+  :mod:`edgezoo.export.xnnpack_rewrites`, which rewrite the ops XNNPACK refuses into ones it takes)
+  and ``to_executorch()``.
 * int8: the PT2E flow with ExecuTorch's ``XNNPACKQuantizer`` (symmetric, per-channel int8
   weights, per-tensor int8 activations): ``torch.export`` to an ATen graph module,
   ``prepare_pt2e``, calibration on ``job.calibration.calib`` in batches of the static export
@@ -272,6 +273,8 @@ def build_pte(job: ExportJob, path: Path) -> Path:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from edgezoo.export.xnnpack_rewrites import rewrite_passes
+
     x = job.example_input()
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -284,8 +287,8 @@ def build_pte(job: ExportJob, path: Path) -> Path:
         job.notes["export_s"] = round(time.perf_counter() - start, 2)
         job.log(f"{job.name}: lowering to XNNPACK")
         start = time.perf_counter()
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                           constant_methods=_constant_methods(job))
+        edge = to_edge_transform_and_lower(program, transform_passes=rewrite_passes(),
+                                           partitioner=[XnnpackPartitioner()], constant_methods=_constant_methods(job))
         job.notes["lower_s"] = round(time.perf_counter() - start, 2)
         _delegation(edge, job)
         start = time.perf_counter()

@@ -138,6 +138,44 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     return proto
 
 
+#: The last fp32 graph this process exported: (key, proto, the notes export_graph wrote)
+_LAST_GRAPH: list[tuple[str, Any, dict[str, Any]]] = []
+_GRAPH_NOTES = ("exporter", "opset", "dynamic_hw", "fp32_nodes", "plugins")
+
+
+def graph_key(job: ExportJob) -> str:
+    """sha256 of what the fp32 graph depends on: the model's class, parameters and buffers, the input,
+    batch, dynamic axes, opset and plugins (not the precision: fp32, fp16 and int8 share the graph)."""
+    import hashlib
+
+    settings = (type(job.model).__qualname__, tuple(job.input_size), job.batch, job.dynamic,
+                job.options.get("opset") or DEFAULT_OPSET, wants_plugins(job), torch.__version__)
+    h = hashlib.sha256(repr(settings).encode())
+    for name, t in job.model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fp32_graph(job: ExportJob, raw: Path) -> Any:
+    """:func:`export_graph` of ``job``, once per process for one model: the int8 (or fp16) export after
+    the fp32 one skips the exporter, most of its time."""
+    import onnx
+
+    key = graph_key(job)
+    if _LAST_GRAPH and _LAST_GRAPH[0][0] == key:
+        _, proto, notes = _LAST_GRAPH[0]
+        job.notes.update(notes, graph_reused=True)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        return copy
+    proto = export_graph(job, raw)
+    saved = onnx.ModelProto()
+    saved.CopyFrom(proto)
+    _LAST_GRAPH[:] = [(key, saved, {k: job.notes[k] for k in _GRAPH_NOTES if k in job.notes})]
+    return proto
+
+
 def wants_plugins(job: ExportJob) -> bool:
     """Whether ``job`` asks for plugin nodes (option ``plugins``); int8 cannot have them."""
     plugins = parse_bool(job.options.get("plugins", False))
@@ -186,7 +224,7 @@ def build_onnx(job: ExportJob, path: Path, precision: str | None = None) -> Path
                                    "plugin nodes): for fp16 plugins use --format tensorrt --half --plugins, which "
                                    "builds from the fp32 graph")
     raw = path.with_name(f".{path.stem}.raw.onnx")
-    proto = export_graph(job, raw)
+    proto = _fp32_graph(job, raw)
     if precision == "fp16":
         proto = _to_fp16(proto, job.notes["fp32_nodes"])
     if not job.notes.get("plugins"):  # onnxslim does not know the plugin nodes' shapes

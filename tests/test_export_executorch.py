@@ -172,6 +172,48 @@ def test_quantized_pad_before_views_loads(tmp_path: Path):
     assert abs(out - ref).max() <= 0.2 * abs(ref).max()  # loads, runs, and is int8 noise away from fp32
 
 
+class _RefusedOps(nn.Module):
+    """The ops XNNPACK's partitioner refuses as ``torch.export`` writes them: split, select, a batched
+    matmul (its no-op expand), a mean over H, W without keepdim (edgezoo.export.xnnpack_rewrites)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Conv2d(4, 12, 1)
+        self.bias = nn.Parameter(torch.randn(3, 9, 9))
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).flatten(2).split([4, 4, 4], dim=1)
+        attn = (q.transpose(-2, -1) @ k + self.bias[1]).softmax(-1)
+        y = (v @ attn.transpose(-2, -1)).view_as(x) + x
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_xnnpack_rewrites_delegate_everything_with_the_same_values(rewrite: bool, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path):
+    from edgezoo.export import xnnpack_rewrites
+    from edgezoo.export.base import ExportJob
+
+    if not rewrite:
+        monkeypatch.setattr(xnnpack_rewrites, "rewrite_passes", lambda: [])
+    torch.manual_seed(0)
+    model = _RefusedOps().eval()
+    job = ExportJob(model=model, name="refused", input_size=(4, 3, 3), batch=2, dynamic=False, precision="fp32",
+                    options={}, metadata={}, work_dir=tmp_path)
+    path = et.build_pte(job, tmp_path / "refused.pte")
+    x = torch.randn(2, 4, 3, 3)
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert abs(out - ref).max() <= 1e-5 * max(abs(ref).max(), 1.0)
+    if rewrite:
+        assert job.notes["delegates"] == 1 and job.notes["non_delegated_ops"] == 0, job.notes
+    else:  # the rewrites are what takes them: without, each op is a portable kernel between delegates
+        assert {"aten.split_with_sizes_copy.default", "aten.select_copy.int", "aten.expand_copy.default",
+                "aten.mean.dim"} <= set(job.notes["non_delegated"]), job.notes["non_delegated"]
+
+
 # -- lowering: one fp32 and one int8 in the default suite -----------------------------------------
 
 def test_fp32_verified_with_metadata(tmp_path: Path):

@@ -146,3 +146,18 @@ def test_int8_leaves_the_normalisers_float(tmp_path) -> None:
     for node in proto.graph.node:
         if node.name in float_nodes and node.op_type == "Div":
             assert producers[node.input[1]].op_type != "DequantizeLinear", "a normaliser was quantised"
+
+
+def test_a_second_precision_reuses_the_exported_graph_of_the_same_weights(tmp_path) -> None:
+    """fp32 then fp16 of one model: the exporter runs once (the int8 export of `edgezoo demo` relies on
+    it); changed weights export afresh, so a stale graph is never reused."""
+    model = _model("ez_efficientvit_b0")
+    first = export(model, "onnx", tmp_path / "a", img_size=SIZE)
+    second = export(model, "onnx", tmp_path / "b", img_size=SIZE, half=True)
+    assert first.status == second.status == "verified"
+    assert not first.notes.get("graph_reused") and second.notes["graph_reused"]
+    assert second.notes["fp32_nodes"] == first.notes["fp32_nodes"]
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    third = export(model, "onnx", tmp_path / "c", img_size=SIZE)
+    assert third.status == "verified" and not third.notes.get("graph_reused")

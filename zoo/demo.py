@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgezoo.demo_tasks import FORMATS, bench_one, export_one, init_worker, train
+from edgezoo.demo_tasks import FORMATS, bench_one, export_group, init_worker, train
 from edgezoo.errors import InvalidArgumentError, lookup
 
 __all__ = ["DEFAULT_FORMATS", "PLAN", "QUICK", "Entry", "run_demo"]
@@ -35,13 +35,14 @@ __all__ = ["DEFAULT_FORMATS", "PLAN", "QUICK", "Entry", "run_demo"]
 
 @dataclass(frozen=True)
 class Entry:
-    """One family's demo model, its epochs on digits, and its ONNX int8 options."""
+    """One family's demo model, its epochs on digits, its ONNX int8 options and how heavy its exports are."""
 
     family: str
     model: str
     epochs: int
     int8: dict[str, Any] = field(default_factory=dict)
     sets: tuple[str, ...] = ()  # recipe overrides on top of configs/digits.yaml
+    weight: float = 1.0  # CPU cost of its exports relative to ResNet-18-ECA's (scheduling only)
 
 
 #: ONNX int8 without the sensitivity fallback (its ranking costs minutes on two cores); the attention
@@ -52,10 +53,10 @@ _WEIGHTED = {"int8_scheme": "weighted", "int8_fallback": 0}
 
 PLAN: dict[str, Entry] = {e.family: e for e in (
     Entry("cnn_attention", "ez_resnet18_eca", 3, _FULL),
-    Entry("single_head_vit", "ez_shvit_s1", 3, _WEIGHTED),
-    Entry("cascaded_group", "ez_efficientvit_m0", 3, _WEIGHTED),
-    Entry("focal_modulation", "ez_focalnet_edge_xs", 5, _FULL, ("sched.warmup_epochs=0",)),
-    Entry("linear_vit", "ez_efficientvit_b0", 6, _WEIGHTED, ("sched.warmup_epochs=0",)),
+    Entry("single_head_vit", "ez_shvit_s1", 3, _WEIGHTED, weight=2.0),
+    Entry("cascaded_group", "ez_efficientvit_m0", 3, _WEIGHTED, weight=3.5),
+    Entry("focal_modulation", "ez_focalnet_edge_xs", 5, _FULL, ("sched.warmup_epochs=0",), weight=2.0),
+    Entry("linear_vit", "ez_efficientvit_b0", 6, _WEIGHTED, ("sched.warmup_epochs=0",), weight=1.2),
 )}
 IMG_SIZE = 32
 #: ``--quick``: one family, two epochs, the formats without ExecuTorch's lowering (about a minute by itself)
@@ -67,8 +68,11 @@ RUNTIMES: dict[str, str | None] = {
     "executorch:int8": "executorch-int8", "openvino:fp32": "onnx", "openvino:int8": "onnx-int8",
     "coreml:fp16": "coreml", "tensorrt:fp16": "tensorrt", "ort-cuda:fp32": "onnx",
 }
-#: rough CPU seconds of each task on two cores, to start the longest ready task first
-_COST = {"onnx": 10, "onnx-int8": 30, "coreml": 12, "executorch": 45, "executorch-int8": 150, "tensorrt": 30}
+#: rough CPU seconds of each export of ResNet-18-ECA and of an epoch: the longest chain starts first
+_COST = {"onnx": 5, "onnx-int8": 4, "coreml": 5, "executorch": 9, "executorch-int8": 60, "tensorrt": 30, "epoch": 12}
+#: formats exported in one task, in this order: the later ones reuse the first one's ONNX graph (one
+#: exporter run per model and process, :func:`edgezoo.export.onnx.build_onnx`)
+_SHARED_GRAPH = ("onnx", "onnx-int8", "tensorrt")
 #: the benchmark protocol: batch 1, one thread, short (the models run in about a millisecond)
 PROTOCOL = {"warmup": 10, "runs": 200, "max_seconds": 1.0}
 
@@ -80,7 +84,7 @@ class _Task:
     fn: Callable[..., dict[str, Any]]
     kwargs: dict[str, Any]
     cost: float
-    cache: tuple[str, dict[str, Any]] | None = None  # export: where its result is saved, and its inputs
+    caches: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # export key -> (file, inputs)
 
 
 def _check_out(out: Path) -> Path:
@@ -101,6 +105,12 @@ def _entries(families: Sequence[str] | None, epochs: int | None) -> list[Entry]:
         raise InvalidArgumentError(f"--epochs must be >= 1, got {epochs}")
     unique = {e.family: e for e in chosen}.values()
     return [Entry(e.family, e.model, epochs or e.epochs, e.int8, e.sets) for e in unique]
+
+
+def _groups(keys: Sequence[str]) -> list[list[str]]:
+    """The export tasks of one model: the formats that share the ONNX graph together, the others alone."""
+    shared = [k for k in _SHARED_GRAPH if k in keys]
+    return ([shared] if shared else []) + [[k] for k in keys if k not in shared]
 
 
 def _formats(formats: Sequence[str]) -> list[str]:
@@ -207,7 +217,7 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
     ready = [_Task(e.model, "train", train, dict(
         model=e.model, epochs=e.epochs, img_size=img_size, run_dir=results[e.model]["run_dir"],
         model_dir=results[e.model]["model_dir"], resume=resume, sets=[*e.sets, *sets], threads=threads, inline=inline),
-        cost=10.0 * e.epochs) for e in entries]
+        cost=_COST["epoch"] * e.epochs + e.weight * sum(_COST.get(k, 20) for k in formats)) for e in entries]
     by_model = {e.model: e for e in entries}
     running: dict[Future, _Task] = {}
     pending_exports = {e.model: set(formats) for e in entries}
@@ -224,6 +234,7 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
         r.update(val=res["val"], params=res["params"], macs=res["macs"])
         bars.stage(model, f"validated: top-1 {res['val']['top1']:.2f}%", 1 + max(0, by_model[model].epochs -
                                                                               bars.epochs[model]))
+        todo: dict[str, tuple[str, dict[str, Any]]] = {}
         for key in formats:
             options = by_model[model].int8 if key == "onnx-int8" else {}
             cache_key = {"checkpoint": res["checkpoint"], "mtime_ns": Path(res["checkpoint"]).stat().st_mtime_ns,
@@ -232,11 +243,14 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
             hit = _cached_export(cache, cache_key) if resume else None
             if hit is not None:
                 exported(model, key, hit)
-                continue
-            ready.append(_Task(model, f"export:{key}", export_one, dict(
-                key=key, ckpt=res["checkpoint"], model=model, use_ema=res["use_ema"],
-                out_dir=str(Path(r["model_dir"]) / "exported"), model_dir=r["model_dir"], options=options,
-                inline=inline), cost=_COST.get(key, 20), cache=(str(cache), cache_key)))
+            else:
+                todo[key] = (str(cache), cache_key)
+        for group in _groups(list(todo)):
+            ready.append(_Task(model, "export:" + ",".join(group), export_group, dict(
+                keys=group, ckpt=res["checkpoint"], model=model, use_ema=res["use_ema"],
+                out_dir=str(Path(r["model_dir"]) / "exported"), model_dir=r["model_dir"],
+                options={k: todo[k][1]["options"] for k in group}, inline=inline),
+                cost=by_model[model].weight * sum(_COST.get(k, 20) for k in group), caches={k: todo[k] for k in group}))
         if not formats:
             benchmark(model)
 
@@ -261,8 +275,8 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             results[task.model]["errors"][task.stage] = f"{type(err).__name__}: {first[:300]}"
             bars.stage(task.model, f"{task.stage} crashed")
-            if task.stage.startswith("export:"):
-                exported(task.model, task.stage[7:], {"status": "failed", "error": first[:300]})
+            for key in task.caches:
+                exported(task.model, key, {"status": "failed", "error": first[:300]})
             return
         if task.stage == "train":
             results[task.model].update(checkpoint=res["checkpoint"], use_ema=res["use_ema"])
@@ -272,9 +286,10 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
             bars.stage(task.model, "done")
             bars.bars[task.model].update(1)
         else:
-            path, key = task.cache or ("", {})
-            Path(path).write_text(json.dumps({**res, "key": key}, default=str))
-            exported(task.model, task.stage[7:], res)
+            for key, row in res.items():
+                path, inputs = task.caches[key]
+                Path(path).write_text(json.dumps({**row, "key": inputs}, default=str))
+                exported(task.model, key, row)
 
     try:
         while ready or running:

@@ -5,7 +5,8 @@ console output to a log file, so two of them can run side by side, one per core:
 
 * :func:`train` - the shared recipe on digits (``edgezoo.train``), resumable; then validation of
   the weights and of the EMA weights (top-1, confusion matrix) and params/MACs of the deploy form;
-* :func:`export_one` - one format/precision through :func:`edgezoo.export.export` and its parity gate;
+* :func:`export_one` - one format/precision through :func:`edgezoo.export.export` and its parity gate
+  (:func:`export_group`: several in turn, sharing the ONNX graph);
 * :func:`bench_one` - :func:`edgezoo.export.bench.bench` on every runtime given, timing the files
   the export stage made (:class:`Exported`) instead of exporting them again.
 
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "bench_one", "export_one", "init_worker", "train"]
+__all__ = ["FORMATS", "bench_one", "export_group", "export_one", "init_worker", "train"]
 
 #: The demo's export targets: key -> (format, precision). ONNX int8 options are per family (see demo.PLAN).
 FORMATS: dict[str, tuple[str, str]] = {
@@ -150,6 +151,14 @@ def export_one(key: str, ckpt: str, model: str, use_ema: bool, out_dir: str, mod
     row.pop("metadata", None)
     row.get("notes", {}).pop("traceback", None)
     return {**row, **timing}
+
+
+def export_group(keys: list[str], ckpt: str, model: str, use_ema: bool, out_dir: str, model_dir: str,
+                 options: dict[str, dict[str, Any]], inline: bool = False) -> dict[str, dict[str, Any]]:
+    """:func:`export_one` for each of ``keys`` in turn, in this process (``options``: per key): formats
+    built from the ONNX graph reuse the first one's (:func:`edgezoo.export.onnx.build_onnx`)."""
+    return {key: export_one(key, ckpt, model, use_ema, out_dir, model_dir, options.get(key, {}), inline)
+            for key in keys}
 
 
 def bench_one(ckpt: str, model: str, use_ema: bool, exports: dict[str, dict[str, Any]], runtimes: str,
