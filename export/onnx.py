@@ -138,8 +138,8 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     return proto
 
 
-#: The last fp32 graph this process exported: (key, proto, the notes export_graph wrote)
-_LAST_GRAPH: list[tuple[str, Any, dict[str, Any]]] = []
+#: The fp32 graphs this process exported last, raw and simplified: (key, slim) -> (proto, export_graph's notes)
+_GRAPHS: dict[tuple[str, bool], tuple[Any, dict[str, Any]]] = {}
 _GRAPH_NOTES = ("exporter", "opset", "dynamic_hw", "fp32_nodes", "plugins")
 
 
@@ -157,23 +157,35 @@ def graph_key(job: ExportJob) -> str:
     return h.hexdigest()
 
 
-def _fp32_graph(job: ExportJob, raw: Path) -> Any:
-    """:func:`export_graph` of ``job``, once per process for one model: the int8 (or fp16) export after
-    the fp32 one skips the exporter, most of its time."""
+def _fp32_graph(job: ExportJob, raw: Path, slim: bool) -> Any:
+    """:func:`export_graph` of ``job`` (then onnxslim where ``slim``, never on plugin graphs: it does not
+    know their shapes), once per process for one model: the int8 (or fp16) export after the fp32 one
+    skips the exporter, most of its time."""
+    key = graph_key(job)
+    if (key, slim) in _GRAPHS:
+        proto, notes = _GRAPHS[key, slim]
+        job.notes.update(notes, graph_reused=True)
+        return _copy(proto)
+    if (key, False) in _GRAPHS:
+        proto, notes = _GRAPHS[key, False]
+        job.notes.update(notes, graph_reused=True)
+        proto = _copy(proto)
+    else:
+        _GRAPHS.clear()  # the graphs of one model only
+        proto = export_graph(job, raw)
+        _GRAPHS[key, False] = _copy(proto), {k: job.notes[k] for k in _GRAPH_NOTES if k in job.notes}
+    if slim and not job.notes.get("plugins"):
+        proto = _slim(proto)
+        _GRAPHS[key, True] = _copy(proto), _GRAPHS[key, False][1]
+    return proto
+
+
+def _copy(proto: Any) -> Any:
     import onnx
 
-    key = graph_key(job)
-    if _LAST_GRAPH and _LAST_GRAPH[0][0] == key:
-        _, proto, notes = _LAST_GRAPH[0]
-        job.notes.update(notes, graph_reused=True)
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        return copy
-    proto = export_graph(job, raw)
-    saved = onnx.ModelProto()
-    saved.CopyFrom(proto)
-    _LAST_GRAPH[:] = [(key, saved, {k: job.notes[k] for k in _GRAPH_NOTES if k in job.notes})]
-    return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
 
 def wants_plugins(job: ExportJob) -> bool:
@@ -224,11 +236,12 @@ def build_onnx(job: ExportJob, path: Path, precision: str | None = None) -> Path
                                    "plugin nodes): for fp16 plugins use --format tensorrt --half --plugins, which "
                                    "builds from the fp32 graph")
     raw = path.with_name(f".{path.stem}.raw.onnx")
-    proto = _fp32_graph(job, raw)
-    if precision == "fp16":
+    if precision == "fp16":  # converted before onnxslim: after it, the converter's casts break the order
+        proto = _fp32_graph(job, raw, slim=False)
         proto = _to_fp16(proto, job.notes["fp32_nodes"])
-    if not job.notes.get("plugins"):  # onnxslim does not know the plugin nodes' shapes
-        proto = _slim(proto)
+        proto = proto if job.notes.get("plugins") else _slim(proto)
+    else:
+        proto = _fp32_graph(job, raw, slim=True)
     _stamp(proto, job)
     if precision == "int8":
         from edgezoo.export.quantize import quantize_qdq

@@ -151,6 +151,9 @@ def test_int8_leaves_the_normalisers_float(tmp_path) -> None:
 def test_a_second_precision_reuses_the_exported_graph_of_the_same_weights(tmp_path) -> None:
     """fp32 then fp16 of one model: the exporter runs once (the int8 export of `edgezoo demo` relies on
     it); changed weights export afresh, so a stale graph is never reused."""
+    from edgezoo.export import onnx as onnx_format
+
+    onnx_format._GRAPHS.clear()  # another test may have exported these very weights in this process
     model = _model("ez_efficientvit_b0")
     first = export(model, "onnx", tmp_path / "a", img_size=SIZE)
     second = export(model, "onnx", tmp_path / "b", img_size=SIZE, half=True)

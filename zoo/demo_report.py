@@ -152,14 +152,18 @@ def _choices(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
 
     int8 = ", ".join(f"`{e.model}` {e.int8.get('int8_scheme')}" for e in PLAN.values())
     epochs = ", ".join(f"`{r['model']}` {r['epochs']}" for r in results)
+    batches = ", ".join(f"`{e.model}` {64 if any(x.startswith('data.batch_size=64') for x in e.sets) else 32}"
+                        for e in PLAN.values())
     return ["## Choices", "",
             "- **32 px, one thread per process, two processes.** Digits are 8x8 images; at 32 px the models are so "
             "small that per-op overhead, not arithmetic, sets the time of a step, and one thread per process is "
             "faster than two (with two threads on a busy machine a training step took up to 30 times longer). So "
             "each stage runs in its own worker process, one per core, the longest ready stage first.",
-            f"- **Epochs per family** ({epochs}): the shortest "
-            "schedule of `configs/digits.yaml` after which the family clears 95% val top-1. The CNN is ResNet-18-ECA, "
-            "not the MobileNetV2 (fewer MACs): at 32 px MobileNetV2-ECA stays below 90% after 5 epochs.",
+            f"- **Epochs per family** ({epochs}; batch {batches}): the shortest schedule of `configs/digits.yaml` "
+            "after which the family clears 95% val top-1; batch 64 (the learning rate scaled with it) where the "
+            "family keeps a margin with half the steps, since a step at 64 costs little more than at 32. The CNN is "
+            "ResNet-18-ECA, not the MobileNetV2 (fewer MACs): at 32 px MobileNetV2-ECA stays below 90% after 5 "
+            "epochs.",
             f"- **ONNX int8** without the sensitivity fallback (`int8_fallback=0`: its ranking pass costs minutes "
             f"on two cores) and with the QDQ placement per family: {int8}.",
             "- **ExecuTorch int8 is off** (`--formats ...,executorch-int8` adds it): its PT2E quantisation and "

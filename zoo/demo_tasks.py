@@ -4,7 +4,8 @@ Each takes and returns plain JSON-able values, measures its own wall and CPU sec
 console output to a log file, so two of them can run side by side, one per core:
 
 * :func:`train` - the shared recipe on digits (``edgezoo.train``), resumable; then validation of
-  the weights and of the EMA weights (top-1, confusion matrix) and params/MACs of the deploy form;
+  the better of the weights and their EMA at the best epoch (top-1, confusion matrix) and
+  params/MACs of the deploy form;
 * :func:`export_one` - one format/precision through :func:`edgezoo.export.export` and its parity gate
   (:func:`export_group`: several in turn, sharing the ONNX graph);
 * :func:`bench_one` - :func:`edgezoo.export.bench.bench` on every runtime given, timing the files
@@ -89,7 +90,7 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 def train(model: str, epochs: int, img_size: int, run_dir: str, model_dir: str, resume: bool, sets: list[str],
           threads: int, inline: bool = False) -> dict[str, Any]:
-    """Train ``model`` on digits into ``run_dir`` (reused when ``resume`` and finished), validate both weight sets.
+    """Train ``model`` on digits into ``run_dir`` (reused when ``resume`` and finished), validate the better weights.
 
     Returns ``checkpoint``, ``history`` (metrics.jsonl), ``reused``, ``use_ema`` (the better weights),
     ``val`` (:func:`edgezoo.train.validate_checkpoint` of those), ``params``/``macs`` (deploy form, batch 1).
@@ -106,18 +107,18 @@ def train(model: str, epochs: int, img_size: int, run_dir: str, model_dir: str, 
         final = run_recipe(cfg, resume=resume)
         out["reused"] = bool(final.get("finished"))
         print(f"demo: {'reused the finished run in' if out['reused'] else 'trained'} {run}", flush=True)
-        ckpt = str(run / "best.pth")
-        vals = {ema: validate_checkpoint(model, ckpt, "digits", use_ema=ema, output=mdir / ("ema" if ema else "raw"))
-                for ema in (False, True)}
-        use_ema = vals[True]["top1"] > vals[False]["top1"]
-        best = vals[use_ema]
+        ckpt, history = str(run / "best.pth"), _history(run)
+        # best.pth's epoch was validated with both weight sets during training: validate the better one only
+        row = next((h for h in history if h["epoch"] == final.get("best_epoch")), history[-1] if history else {})
+        use_ema = row.get("ema_val_top1", -1.0) > row.get("val_top1", 0.0)
+        best = validate_checkpoint(model, ckpt, "digits", use_ema=use_ema, output=mdir / "val")
         confusion = mdir / "confusion.png"
         os.replace(best["confusion_png"], confusion)
-        for sub in ("raw", "ema"):
-            shutil.rmtree(mdir / sub, ignore_errors=True)
-        out.update(checkpoint=ckpt, history=_history(run), use_ema=use_ema,
+        shutil.rmtree(mdir / "val", ignore_errors=True)
+        other = row.get("val_top1" if use_ema else "ema_val_top1")
+        out.update(checkpoint=ckpt, history=history, use_ema=use_ema,
                    val={"top1": best["top1"], "top5": best["top5"], "loss": best["loss"], "count": best["count"],
-                        "weights": "EMA" if use_ema else "raw", "other_top1": vals[not use_ema]["top1"],
+                        "weights": "EMA" if use_ema else "raw", "other_top1": other,
                         "confusion_png": str(confusion), "per_class": best["per_class"]})
         out.update(_profile(ckpt, model, use_ema))
     return out

@@ -233,6 +233,8 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load = [_load_average()]
     records: list[dict[str, Any]] = []
+    gc.collect()
+    gc.freeze()  # what exists now outlives the runs: the collection after each runtime skips it
     try:
         with _torch_threads(threads):
             groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log, model)  # bad input fails here
@@ -249,6 +251,7 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
                     on_progress(_report(started, [*load, _load_average()], fp, protocol, records))
             bar.close()
     finally:
+        gc.unfreeze()
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return _report(started, [*load, _load_average()], fp, protocol, records)
