@@ -64,7 +64,7 @@ def test_present_runtimes_leave_out_compile_and_absent_ones() -> None:
 
 
 def test_unknown_mixer_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgumentError, match=r"unknown mixer.*flaten.*choose from"):
+    with pytest.raises(InvalidArgumentError, match=r"unknown sweep mixer .flaten.: did you mean flatten"):
         sw.sweep(mixers=["flaten"], output=tmp_path)
 
 

@@ -177,15 +177,14 @@ def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits"
           nproc: int | None = None, bench_size: int = 224, log=print) -> dict[str, Any]:
     """Run the sweep (see the module docstring); returns ``{"rows", "paths"}``."""
     from edgezoo.blocks.mixers import MIXERS
-    from edgezoo.errors import InvalidArgumentError
+    from edgezoo.errors import InvalidArgumentError, lookup
     from edgezoo.mix import SIZES
 
     if size not in SIZES:
         raise InvalidArgumentError(f"unknown size {size!r}: pass --size {' or '.join(SIZES)}")
-    mixers = list(mixers or MIXERS)
-    unknown = [m for m in mixers if m not in MIXERS]
-    if unknown:
-        raise InvalidArgumentError(f"unknown mixer(s) {', '.join(unknown)}: choose from {', '.join(MIXERS)}")
+    mixers = [m.strip().lower() for m in mixers] if mixers else list(MIXERS)
+    for m in mixers:
+        lookup(dict.fromkeys(MIXERS), m, "sweep mixer")  # unknown: one line with the close names
     out = Path(output or f"runs/sweep-{size}-{Path(data).name or 'data'}")
     train_args = {"data": data, "epochs": epochs, "img_size": img_size or (64 if data == "digits" else None),
                   "batch_size": batch_size, "set": list(overrides or [])}
