@@ -8,7 +8,10 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
 
 * ``expand_copy`` that keeps its input's shape (``matmul``'s decomposition broadcasts even when
   the batch dims already agree): removed (ExecuTorch's own ``RemoveNoopExpandCopyPass``);
-* ``split_with_sizes_copy`` (``Tensor.split``): one ``slice_copy`` per piece;
+* ``split_with_sizes_copy`` (``Tensor.split``): one ``slice_copy`` per piece, in float graphs only:
+  on an int8 tensor the slices are delegated and the program then fails at run time ("Failed to
+  resize output tensor for XNNExecutor"; SHViT-S1 and FocalNet edge-XS, ExecuTorch 1.5.1), so a
+  quantised split stays a portable op;
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 
@@ -53,8 +56,15 @@ def _call(graph: Any, target: Any, args: tuple, like: torch.Tensor) -> Node:
     return node
 
 
+def _dequantized(node: Any) -> bool:
+    """``node`` is a ``dequantize_*`` op: its consumer works on an int8 tensor in the delegate."""
+    return isinstance(node, Node) and "dequantize" in str(getattr(node.target, "__name__", node.target))
+
+
 def _split(graph: Any, node: Node, aten: Any) -> bool:
     x, sizes = node.args[0], node.args[1]
+    if _dequantized(x):  # int8: XNNPACK's slices of a quantised split break the program at run time
+        return False
     dim = node.args[2] if len(node.args) > 2 else 0
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     for user in list(node.users):

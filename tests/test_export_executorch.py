@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -170,6 +171,29 @@ def test_quantized_pad_before_views_loads(tmp_path: Path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert abs(out - ref).max() <= 0.2 * abs(ref).max()  # loads, runs, and is int8 noise away from fp32
+
+
+def test_quantized_split_runs(tmp_path: Path):
+    """SHSA splits int8 tensors (the attended slice, then q/k/v): rewritten into delegated slices they
+    made the program fail at run time (xnn_status_invalid_parameter), so a quantised split stays whole."""
+    from edgezoo.export.base import ExportJob
+    from edgezoo.export.calib import CalibrationSet
+    from edgezoo.shvit import SHViT
+
+    torch.manual_seed(0)
+    model = SHViT(embed_dim=(16, 24, 32), partial_dim=(8, 8, 8), depth=(1, 1, 1), num_classes=10)
+    model = edgezoo.fuse(calibrate_bn_(model, size=32).eval())
+    job = ExportJob(model=model, name="shvit", input_size=(3, 32, 32), batch=1, dynamic=False, precision="int8",
+                    options={}, metadata={}, work_dir=tmp_path)
+    job.calibration = CalibrationSet(torch.randn(16, 3, 32, 32), torch.randn(4, 3, 32, 32), "random")
+    path = et.build_pte(job, tmp_path / "shvit_int8.pte")
+    assert job.notes["non_delegated"].get("aten.split_with_sizes_copy.default", 0) > 0
+    x = torch.randn(1, 3, 32, 32)
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    # loads, runs, and is int8 noise away from fp32 (16 random calibration images, 10 logits)
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95 and abs(out - ref).max() <= 0.3 * abs(ref).max()
 
 
 class _RefusedOps(nn.Module):
