@@ -91,17 +91,12 @@ def _select(graph: Any, node: Node, aten: Any) -> bool:
     return True
 
 
-def _spatial_4d(node: Node) -> bool:
-    x = _val(node.args[0])
-    dims = node.args[1] if len(node.args) > 1 else None
-    if x is None or x.dim() != 4 or dims is None or node.kwargs.get("dtype") is not None:
-        return False
-    return sorted(d % 4 for d in dims) == [2, 3]
-
-
 def _mean(graph: Any, node: Node, aten: Any) -> bool:
+    x_val, dims = _val(node.args[0]), node.args[1] if len(node.args) > 1 else None
     keepdim = len(node.args) > 2 and bool(node.args[2])
-    if keepdim or not _spatial_4d(node):
+    if keepdim or x_val is None or x_val.dim() != 4 or dims is None or node.kwargs.get("dtype") is not None:
+        return False
+    if sorted(d % 4 for d in dims) != [2, 3]:  # only the global pool over H, W
         return False
     x = node.args[0]
     with graph.inserting_before(node):
