@@ -5,13 +5,14 @@
 
 A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compare-timm``) and
 ``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) and ``<id>-digits.json``
-(``scripts/fastest_path.py``: digits-trained models, agreement-gated), for the fingerprint id whose
-main report is newest, or the one given with ``--fingerprint``.
+and ``<id>-digits-<S>px.json`` (``scripts/fastest_path.py``: digits-trained models, agreement-gated),
+for the fingerprint id whose main report is newest, or the one given with ``--fingerprint``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -24,15 +25,17 @@ _SUFFIXES = ("", "-timm", "-sizes", "-digits")
 def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], str | None]:
     from edgezoo.export.bench.report import load_report
 
-    mains = [p for p in folder.glob("*.json") if not p.stem.endswith(_SUFFIXES[1:])]
+    mains = [p for p in folder.glob("*.json")
+             if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits-\d+px$", p.stem)]
     if fingerprint is None:
         if not mains:
             raise SystemExit(f"no benchmark reports in {folder}: run make bench")
         fingerprint = max(mains, key=lambda p: p.stat().st_mtime).stem
     paths = [folder / f"{fingerprint}{s}.json" for s in _SUFFIXES]
     reports = [load_report(p) if p.is_file() else None for p in paths]
+    sized = sorted(folder.glob(f"{fingerprint}-digits-*px.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1][:-2]))
     png = folder / f"{fingerprint}-sizes.png"
-    return reports, (str(png) if png.is_file() else None)
+    return [*reports, [load_report(p) for p in sized]], (str(png) if png.is_file() else None)
 
 
 def main() -> int:
@@ -45,10 +48,10 @@ def main() -> int:
     parser.add_argument("--fingerprint", help="which machine's reports (default: the newest)")
     parser.add_argument("--write", type=Path, metavar="README")
     args = parser.parse_args()
-    (runtimes, timm, sizes, digits), png = _reports(args.folder, args.fingerprint)
+    (runtimes, timm, sizes, digits, digits_sized), png = _reports(args.folder, args.fingerprint)
     if args.write and png:
         png = str(Path(png).resolve().relative_to(args.write.resolve().parent))
-    text = markdown(runtimes, timm, sizes, png, digits=digits)
+    text = markdown(runtimes, timm, sizes, png, digits=[d for d in (digits, *digits_sized) if d])
     if args.write:
         args.write.write_text(splice(args.write.read_text(), text, START, END))
     else:

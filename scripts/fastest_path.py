@@ -3,14 +3,21 @@
     python scripts/fastest_path.py --json bench/results/          # make bench-digits
     python scripts/fastest_path.py --train-only                    # just train (cached) checkpoints
     python scripts/fastest_path.py --checkpoints demo-out/runs/*/best.pth   # time checkpoints you have
+    python scripts/fastest_path.py --img-size 128 --models ez_shvit_s1     # train and time at 128 px
 
 One model of each family is trained briefly on digits at the small sizes digits suit (the same rows
 and cached checkpoints as ``scripts/int8_table.py``: `edgezoo.train.train_digits`, seeded, under
 ``--work``), then benchmarked with :func:`edgezoo.export.bench.bench` on
 onnxruntime fp32 / int8, OpenVINO fp32 / int8 / bf16 and ExecuTorch fp32 / int8, each batch-1 record
 with its top-1 agreement with PyTorch on every held-out digits image. The report is
-``<fingerprint>-digits.json``; the README's speed section (``scripts/bench_table.py``) names, per
-family, the fastest record whose agreement is at least 99% and its speed-up over onnxruntime fp32.
+``<fingerprint>-digits.json`` (``-digits-<S>px.json`` with ``--img-size S``); the README's speed section
+(``scripts/bench_table.py``) names, per family, the fastest record whose agreement is at least 99% and
+its speed-up over onnxruntime fp32.
+
+A model's runtimes are timed *interleaved* (``bench(interleave_runtimes=True)``: turns of 10 calls,
+each after an untimed one), so every speed-up is a ratio from one stretch of time. Timed one runtime
+after another, a runtime's figure at 32 px moved by up to 2x between two runs 20 minutes apart, with
+whatever else the machine did in its minute; ``--sequential`` times them that way.
 """
 
 from __future__ import annotations
@@ -33,11 +40,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--runtime", default=RUNTIMES, help=f"runtimes (default {RUNTIMES})")
     parser.add_argument("--models", help="comma-separated subset of the rows' models")
+    parser.add_argument("--img-size", type=int, help="train and time every row at this size instead of its own "
+                                                     "(writes <fingerprint>-digits-<S>px.json)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="time the runtimes one after another instead of interleaved")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--checkpoints", nargs="+", help="digits-trained checkpoints to time instead of the rows' "
                                                          "(e.g. edgezoo demo's demo-out/runs/*/best.pth)")
     args = parser.parse_args()
-    rows = [r for r in ROWS if not args.models or r[0] in args.models.split(",")]
+    rows = [(m, e, args.img_size or size) for m, e, size in ROWS if not args.models or m in args.models.split(",")]
     ckpts = list(args.checkpoints or [])
     for name, epochs, size in [] if ckpts else rows:
         ckpt, top1 = _train(name, epochs, size, args.work)
@@ -49,17 +60,17 @@ def main() -> int:
     from edgezoo.export.bench import Protocol, bench, parse_runtimes
     from edgezoo.export.bench.report import output_path, save_report, table
 
-    target = args.json
+    target, suffix = args.json, f"-digits-{args.img_size}px" if args.img_size else "-digits"
 
     def save(report: dict) -> None:
-        save_report(report, output_path(target, report, "-digits"))
+        save_report(report, output_path(target, report, suffix))
 
     report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=Protocol(runs=args.runs),
                    agree=360, calib="digits", on_progress=save,  # every held-out digit
-                   work_dir=args.work / "bench-artifacts")
+                   work_dir=args.work / "bench-artifacts", interleave_runtimes=not args.sequential)
     save(report)
     print(table(report))
-    print(f"JSON: {output_path(target, report, '-digits')}")
+    print(f"JSON: {output_path(target, report, suffix)}")
     return 0
 
 

@@ -7,11 +7,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from edgezoo.cli import main
+from edgezoo.errors import InvalidArgumentError
 from edgezoo.export.bench import Protocol, Runtime, bench, get_runtime, measure, parse_runtimes, summarise
 from edgezoo.export.bench.fingerprint import cpu_flags, fingerprint_id
 from edgezoo.export.bench.plot import cost_curve_png, fit_exponents, pareto_front, pareto_png, read_accuracy
@@ -69,7 +71,27 @@ def test_protocol_interleaves_and_measures_a_ratio() -> None:
     assert 0.25 <= stats["a"].p50_ms / stats["b"].p50_ms <= 0.6  # 1/3, with a scheduler slice of slack
 
 
-@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}])
+def test_protocol_blocks_time_turns_of_consecutive_calls_after_an_untimed_one() -> None:
+    """``block=3``: each turn is one untimed call then three timed calls of the same callable."""
+    order: list[str] = []
+    spans: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
+
+    def fn(key: str, seconds: float):
+        def run() -> None:
+            order.append(key)
+            start = time.perf_counter_ns()
+            time.sleep(seconds)
+            spans[key].append((start, time.perf_counter_ns()))
+        return run
+
+    stats = measure({"a": fn("a", 0.004), "b": fn("b", 0.012)}, Protocol(warmup=0, runs=7, block=3, max_seconds=30))
+    assert stats["a"].runs == stats["b"].runs == 7  # the last turn is cut to what is left
+    assert "".join(order) == "aaaa" "bbbb" "bbbb" "aaaa" "aa" "bb"  # untimed + 3, alternating; then untimed + 1
+    assert 0.2 <= stats["a"].p50_ms / stats["b"].p50_ms <= 0.5  # 1/3: the untimed calls are not in the figures
+    assert stats["a"].min_ms >= 4.0 and stats["b"].min_ms >= 12.0
+
+
+@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}, {"block": 0}])
 def test_protocol_rejects_bad_settings(kwargs) -> None:
     from edgezoo.errors import InvalidArgumentError
 
@@ -170,6 +192,45 @@ def test_bench_records_schema_absent_and_failed(fake_runtimes) -> None:
         validate_report(broken_report)
 
 
+class _HalfAtInt8Runtime(_SleepRuntime):
+    """fp32 sleeps 4 ms, int8 2 ms; every call is logged in ``calls``."""
+
+    name = "test-half"
+    calls: ClassVar[list[str]] = []
+
+    def load(self, item, precision, batch):
+        def run(x: np.ndarray) -> np.ndarray:
+            self.calls.append(precision)
+            time.sleep(0.004 if precision == "fp32" else 0.002)
+            return np.zeros((x.shape[0], 10), np.float32)
+        return run
+
+
+def test_bench_interleaves_runtimes_in_turns(fake_runtimes) -> None:
+    """``interleave_runtimes``: one model's runtimes and precisions timed together, in turns of ``block`` calls
+    (each after an untimed one); an absent or broken runtime is its own record and the rest still run."""
+    half = _HalfAtInt8Runtime()
+    _RUNTIMES[half.name] = half
+    half.calls.clear()
+    try:
+        runtimes = [(half, ["fp32", "int8"]), (fake_runtimes["test-absent"], ["fp32"]),
+                    (fake_runtimes["test-broken"], ["fp32"])]
+        report = bench([SMALL], runtimes, threads=1, img_sizes=[32], progress=False, interleave_runtimes=True,
+                       protocol=Protocol(warmup=2, runs=6, block=3, max_seconds=30))
+    finally:
+        _RUNTIMES.pop(half.name)
+    validate_report(report)
+    assert report["protocol"]["block"] == 3
+    fp32, int8 = report["records"][:2]
+    assert [r["status"] for r in report["records"]] == ["ok", "ok", "absent", "failed"]
+    assert fp32["runs"] == int8["runs"] == 6 and fp32["interleaved_with"] == 1
+    # warm-up of each as it loads, then turns of 1 untimed + 3 timed calls, alternating which goes first
+    assert "".join("f" if c == "fp32" else "i" for c in half.calls) == "ff" "ii" "ffff" "iiii" "iiii" "ffff"
+    assert 0.35 <= int8["latency_ms"]["p50"] / fp32["latency_ms"]["p50"] <= 0.7
+    with pytest.raises(InvalidArgumentError, match="choose one"):
+        bench([SMALL], runtimes[:1], compare_timm=True, interleave_runtimes=True, progress=False)
+
+
 def test_real_absent_runtimes_are_reported_absent() -> None:
     """Whatever is missing on this machine (CUDA, TensorRT, Core ML off macOS) is a record, not an error."""
     missing = [rt for rt, _ in parse_runtimes("all") if rt.absent()]
@@ -248,6 +309,11 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     assert "Test CPU" in text
     results = tmp_path / "results"
     save_report(report, results / "fp.json")
+    sized = _synthetic_report(sizes=(128,))
+    for r in sized["records"]:
+        r["agreement"], r["interleaved_with"] = {"top1_agreement": 1.0}, 1
+    sized["protocol"]["block"] = 10
+    save_report(sized, results / "fp-digits-128px.json")  # the fastest path at 128 px: a part of its own
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n")
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
@@ -257,6 +323,8 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     assert done.value.code == 0
     out = readme.read_text()
     assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- bench:end -->\ntail\n")
+    assert "**Fastest faithful path (128 px, digits-trained models" in out and "(80, 128)" in out
+    assert "interleaved in turns of 10 calls" in out
 
 
 def test_fastest_faithful_path_is_agreement_gated(tmp_path) -> None:

@@ -236,16 +236,15 @@ def write_sweep(out: Path, mixers: list[str], size: str, data: str, train_args: 
 
 def _ort_session(model: Any, size: int, threads: int, work: Path) -> tuple[Any, dict[str, Any]]:
     """An onnxruntime CPU session of ``model`` at ``size`` px (TorchScript-based export, no gate) and its feed."""
-    import onnxruntime as ort
     import torch
+
+    from edgezoo.export.onnx import ort_session
 
     path = work / f"{id(model)}-{size}.onnx"
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads=threads)
     path.unlink()
     return session, {"input": x.numpy()}
 

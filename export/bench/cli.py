@@ -84,7 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         read_accuracy(args.accuracy)  # a bad file fails before the benchmark, not after it
     if args.agree < 0:
         raise InvalidArgumentError(f"--agree must be >= 0, got {args.agree}")
-    protocol = Protocol(warmup=args.warmup, runs=args.runs, max_seconds=args.seconds)
+    protocol = Protocol(warmup=args.warmup, runs=args.runs, max_seconds=args.seconds, block=args.block)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     suffix = "-timm" if args.compare_timm else "-sizes" if args.sizes else ""
 
@@ -94,7 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
                    compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
                    model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None),
-                   on_progress=save_so_far, op_profile=args.op_profile)
+                   on_progress=save_so_far, op_profile=args.op_profile, interleave_runtimes=args.interleave_runtimes)
     print(table(report))
     if args.op_profile:
         from edgezoo.export.bench.op_profile import op_profile_table
@@ -126,6 +126,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
     p.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-architecture model with the same weights, interleaved; report ratios")
+    p.add_argument("--interleave-runtimes", action="store_true",
+                   help="time all the runtimes of a model together, in turns of --block calls, so their ratios come "
+                        "from one stretch of time (on a shared machine, the only comparable figures)")
+    p.add_argument("--block", type=int, default=1,
+                   help="timed calls per turn when interleaving, after one untimed call when > 1 (default 1; "
+                        "--interleave-runtimes makes it 10)")
     p.add_argument("--agree", type=int, default=0, metavar="N",
                    help="top-1 agreement with PyTorch on N held-out --calib images, batch-1 records (default 0: off)")
     p.add_argument("--calib", default="digits", help="int8 calibration and --agree images: digits or a folder")

@@ -120,6 +120,12 @@ def _curve_table(report: dict[str, Any], png: str | None) -> list[str]:
     return lines
 
 
+def _sizes(report: dict[str, Any]) -> str:
+    """``"128 px, "`` when every record of ``report`` is at one size, else ``""``."""
+    sizes = {r["img_size"] for r in report["records"]}
+    return f"{sizes.pop()} px, " if len(sizes) == 1 else ""
+
+
 def _footer(report: dict[str, Any]) -> str:
     fp, pr = report["fingerprint"], report["protocol"]
     flags = ", ".join(k for k, v in fp["flags"].items() if v) or "unknown flags"
@@ -128,18 +134,31 @@ def _footer(report: dict[str, Any]) -> str:
     gflops = f", fp32 matmul {fp['matmul_gflops_fp32']:.0f} GFLOP/s" if fp.get("matmul_gflops_fp32") else ""
     return (f"`{fp['id']}`: {fp['cpu']} ({flags}), {fp['usable_cores']} usable cores, {fp['threads']} threads"
             f"{gflops}, {gpu}; {vers}. Protocol: {pr['warmup']} warm-up runs, then up to {pr['runs']} timed runs "
-            f"or {pr['max_seconds']:g} s; {report['started'][:10]}.")
+            f"or {pr['max_seconds']:g} s{_interleaving(report)}; {report['started'][:10]}.")
+
+
+def _interleaving(report: dict[str, Any]) -> str:
+    """How the records were interleaved (the protocol's turns), for the footer."""
+    block = report["protocol"].get("block", 1)
+    if not any(r.get("interleaved_with") for r in report["records"]):
+        return ""
+    if block > 1:
+        return f", each model's runtimes interleaved in turns of {block} calls (each after an untimed one)"
+    return ", interleaved call by call"
 
 
 def markdown(runtimes: dict[str, Any] | None = None, timm: dict[str, Any] | None = None,
              sizes: dict[str, Any] | None = None, curve_png: str | None = None,
-             digits: dict[str, Any] | None = None) -> str:
-    """The speed section from up to four reports: per-runtime, ``--compare-timm``, ``--sizes`` and the
-    digits-trained fastest-faithful-path report (``scripts/fastest_path.py``)."""
+             digits: dict[str, Any] | list[dict[str, Any]] | None = None) -> str:
+    """The speed section from the reports: per-runtime, ``--compare-timm``, ``--sizes`` and the
+    digits-trained fastest-faithful-path reports (``scripts/fastest_path.py``; one or a list, e.g. at
+    the rows' own sizes and at 128 px)."""
     parts: list[str] = []
+    digits = [digits] if isinstance(digits, dict) else list(digits or [])
+    fastest_parts = [(f"Fastest faithful path ({_sizes(d)}digits-trained models, every held-out digit)", d,
+                      _runtime_table) for d in digits]
     for title, report, render in (("Latency by runtime", runtimes, _runtime_table),
-                                  ("Fastest faithful path (digits-trained models, every held-out digit)", digits,
-                                   _runtime_table),
+                                  *fastest_parts,
                                   ("Against timm", timm, _timm_table),
                                   ("Cost curve", sizes, lambda r: _curve_table(r, curve_png))):
         if report is None:

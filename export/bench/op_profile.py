@@ -35,10 +35,10 @@ def op_profile(path: str | os.PathLike, x: np.ndarray, threads: int, runs: int =
     """
     import onnxruntime as ort
 
+    from edgezoo.export.onnx import session_options
+
     with tempfile.TemporaryDirectory(prefix="edgezoo-opprof-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
+        opts = session_options(threads)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

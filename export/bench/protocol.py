@@ -5,7 +5,12 @@
 
 Several callables are *interleaved*: each round runs every one of them once, in an order that
 alternates from round to round, so load from other processes on a shared CPU hits all of them
-alike. Timing uses :func:`time.perf_counter_ns` around each call; the statistics are the median
+alike. With ``block=N`` each turn is one untimed call then N timed calls of the same callable:
+for callables on *different* runtimes, whose thread pools and working sets must come back after
+another runtime ran (the untimed call pays for that, and the N timed calls are the runtime's own
+steady state); two files on one runtime interleave call by call (``block=1``).
+
+Timing uses :func:`time.perf_counter_ns` around each call; the statistics are the median
 (p50), the 90th percentile (p90, linear interpolation), the minimum and the mean of the timed runs.
 """
 
@@ -28,13 +33,15 @@ class Protocol:
 
     ``warmup`` untimed calls of each callable first; then rounds until every callable has
     ``runs`` timed calls or ``max_seconds`` of timed rounds have passed, whichever comes first
-    (at least ``min_runs`` calls each, so a slow model still gets statistics).
+    (at least ``min_runs`` calls each, so a slow model still gets statistics). A round gives each
+    callable a turn of ``block`` timed calls, after one untimed call when ``block`` > 1.
     """
 
     warmup: int = 10
     runs: int = 100
     max_seconds: float = 10.0
     min_runs: int = 3
+    block: int = 1
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -45,6 +52,8 @@ class Protocol:
             raise InvalidArgumentError(f"--seconds must be > 0, got {self.max_seconds}")
         if self.min_runs < 1:
             raise InvalidArgumentError(f"min_runs must be >= 1, got {self.min_runs}")
+        if self.block < 1:
+            raise InvalidArgumentError(f"block must be >= 1 timed call per turn, got {self.block}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -92,15 +101,20 @@ def measure(fns: Mapping[str, Callable[[], object]], protocol: Protocol | None =
         for _ in range(protocol.warmup):
             fns[key]()
     times: dict[str, list[float]] = {k: [] for k in keys}
+    block = protocol.block
     start = clock()
     rounds = 0
     while True:
         order = keys if rounds % 2 == 0 else keys[::-1]
         for key in order:
-            times[key].append(_timed(fns[key]))
+            if block > 1:
+                fns[key]()  # untimed: this callable's threads and caches come back after the others ran
+            for _ in range(min(block, protocol.runs - len(times[key]))):
+                times[key].append(_timed(fns[key]))
         rounds += 1
-        if rounds >= protocol.runs:
+        done = min(len(t) for t in times.values())
+        if done >= protocol.runs:
             break
-        if rounds >= protocol.min_runs and clock() - start >= protocol.max_seconds:
+        if done >= protocol.min_runs and clock() - start >= protocol.max_seconds:
             break
     return {k: summarise(v) for k, v in times.items()}

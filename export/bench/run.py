@@ -16,6 +16,7 @@ by the same exporter, loaded in the same runtime and timed interleaved, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
@@ -34,9 +35,14 @@ from edgezoo.export.bench.memory import PeakRss
 from edgezoo.export.bench.protocol import Protocol, Stats, measure
 from edgezoo.export.bench.runtime import Artifacts, BenchItem, Runner, Runtime
 
-__all__ = ["SCHEMA", "bench", "check_threads", "smallest_per_family"]
+__all__ = ["INTERLEAVE_BLOCK", "SCHEMA", "bench", "check_threads", "smallest_per_family"]
 
 SCHEMA = "edgezoo.bench/1"
+
+#: timed calls per turn when runtimes are interleaved (``bench(interleave_runtimes=True)``): each turn
+#: starts with one untimed call, so a runtime's figures are its own steady state, not the cost of
+#: waking its thread pool after another runtime's ran
+INTERLEAVE_BLOCK = 10
 
 
 def check_threads(threads: int | None) -> int:
@@ -134,41 +140,72 @@ def _timed(stats: Stats, batch: int, memory: float | None) -> dict[str, Any]:
             "throughput_ips": round(batch * 1e3 / stats.p50_ms, 2), "peak_memory_mb": memory}
 
 
-def _run_one(items: list[BenchItem], rt: Runtime, precision: str, batch: int, protocol: Protocol, fp_id: str,
-             agree: int, calib: str, op_profile: bool = False) -> list[dict[str, Any]]:
-    """Records of ``items`` (one, or an edgezoo/timm pair timed interleaved) on one runtime/precision/batch."""
-    reason = rt.absent() or rt.precision_absent(precision)
-    if reason:
-        return [_record(it, rt, precision, batch, fp_id, status="absent", reason=reason) for it in items]
-    runners: dict[str, Runner] = {}
-    out: dict[str, dict[str, Any]] = {}
+Entry = tuple[BenchItem, Runtime, str]  # (item, runtime, precision): one record
+
+
+def _run_one(entries: list[Entry], batch: int, protocol: Protocol, fp_id: str, agree: int, calib: str,
+             op_profile: bool = False) -> list[dict[str, Any]]:
+    """One record per entry, all timed together by one :func:`measure` (interleaved).
+
+    The entries are an edgezoo/timm pair on one runtime, one item on several runtimes
+    (``interleave_runtimes``), or a single item on a single runtime. An absent runtime or an
+    artifact that fails to load is that entry's record; the others are still timed.
+    """
+    records: dict[int, dict[str, Any]] = {}
+    runners: dict[int, Runner] = {}
+    memory: dict[int, float | None] = {}
+    for i, (it, rt, precision) in enumerate(entries):
+        reason = rt.absent() or rt.precision_absent(precision)
+        if reason:
+            records[i] = _record(it, rt, precision, batch, fp_id, status="absent", reason=reason)
+            continue
+        try:
+            runners[i], memory[i] = _load_warm(rt, it, precision, batch, protocol.warmup)
+        except Exception as err:  # one failed runtime is a record, never the end of the benchmark
+            records[i] = _record(it, rt, precision, batch, fp_id, status="failed", error=_first_line(err))
     try:
-        memory = {}
-        for it in items:
-            runners[it.name], memory[it.name] = _load_warm(rt, it, precision, batch, protocol.warmup)
-        xs = {it.name: it.example(batch) for it in items}
-        stats = measure({k: (lambda r=r, x=xs[k]: r(x)) for k, r in runners.items()},
+        xs = {i: entries[i][0].example(batch) for i in runners}
+        stats = measure({i: (lambda r=r, x=xs[i]: r(x)) for i, r in runners.items()},
                         Protocol(warmup=0, runs=protocol.runs, max_seconds=protocol.max_seconds,
-                                 min_runs=protocol.min_runs))
-        for it in items:
-            out[it.name] = _record(it, rt, precision, batch, fp_id, **_timed(stats[it.name], batch, memory[it.name]))
+                                 min_runs=protocol.min_runs, block=protocol.block))
+        for i in runners:
+            it, rt, precision = entries[i]
+            rec = _record(it, rt, precision, batch, fp_id, **_timed(stats[i], batch, memory[i]))
+            if len(runners) > 1:
+                rec["interleaved_with"] = len(runners) - 1
             if agree and batch == 1:
-                out[it.name]["agreement"] = _agreement(runners[it.name], it, agree, calib)
+                rec["agreement"] = _agreement(runners[i], it, agree, calib)
             if op_profile and rt.name in _PROFILED:
                 from edgezoo.export.bench.op_profile import op_profile as profile
 
                 path = it.artifacts.get("onnx", getattr(rt, "precision_of_file", precision), batch)
-                out[it.name]["op_profile"] = profile(path, xs[it.name], it.threads)
-    except Exception as err:  # one failed runtime is a record, never the end of the benchmark
-        return [_record(it, rt, precision, batch, fp_id, status="failed", error=_first_line(err)) for it in items]
+                rec["op_profile"] = profile(path, xs[i], it.threads)
+            records[i] = rec
+    except Exception as err:
+        for i in runners:
+            it, rt, precision = entries[i]
+            records[i] = _record(it, rt, precision, batch, fp_id, status="failed", error=_first_line(err))
     finally:
         runners.clear()
         gc.collect()
-    return list(out.values())
+    return [records[i] for i in range(len(entries))]
 
 
 #: runtimes whose records ``op_profile=True`` profiles per op (onnxruntime's profiler, CPU)
 _PROFILED = ("ort", "ort-int8")
+
+
+Group = tuple[list[BenchItem], tuple[str, float] | None]  # items (one, or an edgezoo/timm pair), pair info
+
+
+def _tasks(groups: list[Group], runtimes: list[tuple[Runtime, list[str]]], batches: Sequence[int],
+           interleave_runtimes: bool) -> list[tuple[list[Entry], int, tuple[str, float] | None]]:
+    """``[(entries timed together, batch, pair info)]`` in the order they run."""
+    if interleave_runtimes:
+        return [([(it, rt, p) for rt, precs in runtimes for p in precs], b, None)
+                for items, _ in groups for it in items for b in batches]
+    return [([(it, rt, p) for it in items], b, pair)
+            for items, pair in groups for rt, precs in runtimes for p in precs for b in batches]
 
 
 def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float) -> None:
@@ -184,7 +221,7 @@ def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float)
 
 def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: bool, threads: int, work: Path,
             calib: str, log: Callable[[str], None], model: str | None = None,
-            ) -> list[tuple[list[BenchItem], tuple[str, float] | None]]:
+            ) -> list[Group]:
     """``[(items, pair info)]``: one item per source and size, or an (edgezoo, timm) pair with ``compare_timm``."""
     from edgezoo.export.bench.timm_pair import make_pair
 
@@ -210,7 +247,8 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
           threads: int | None = None, img_sizes: Sequence[int | None] = (None,), protocol: Protocol | None = None,
           compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
           model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
-          on_progress: Callable[[dict[str, Any]], None] | None = None, op_profile: bool = False) -> dict[str, Any]:
+          on_progress: Callable[[dict[str, Any]], None] | None = None, op_profile: bool = False,
+          interleave_runtimes: bool = False) -> dict[str, Any]:
     """Benchmark ``sources`` (names, checkpoints, modules, or ready :class:`BenchItem` s); return the report.
 
     See the module docstring for the report.
@@ -218,7 +256,10 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     ``model`` names the model a checkpoint holds when the checkpoint does not record it;
     ``on_progress`` is called with the report so far after each record (to save it: a long run
     that is stopped keeps what it measured). ``op_profile`` adds onnxruntime's per-op profile to the
-    ``ort`` / ``ort-int8`` records (:mod:`edgezoo.export.bench.op_profile`).
+    ``ort`` / ``ort-int8`` records (:mod:`edgezoo.export.bench.op_profile`). ``interleave_runtimes``
+    times every runtime and precision of a model (at one batch) together, in turns of
+    ``protocol.block`` calls (:data:`INTERLEAVE_BLOCK` when the protocol says 1): their ratios then come
+    from one stretch of time, as a pair's do with ``compare_timm``.
     """
     from tqdm import tqdm
 
@@ -229,6 +270,11 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
         raise InvalidArgumentError(f"--img-size must be >= 16, got {list(img_sizes)}")
     log = log or (lambda m: None)
     protocol = protocol or Protocol()
+    if interleave_runtimes and compare_timm:
+        raise InvalidArgumentError("--interleave-runtimes and --compare-timm are two ways of interleaving: choose one")
+    run_protocol = protocol
+    if interleave_runtimes and protocol.block == 1:
+        run_protocol = dataclasses.replace(protocol, block=INTERLEAVE_BLOCK)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="edgezoo-bench-"))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load = [_load_average()]
@@ -239,22 +285,23 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
         with _torch_threads(threads):
             groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log, model)  # bad input fails here
             fp = fingerprint(threads)
-            tasks = [(g, rt, p, b) for g in groups for rt, precs in runtimes for p in precs for b in batches]
+            tasks = _tasks(groups, runtimes, batches, interleave_runtimes)
             bar = tqdm(tasks, disable=not progress, unit="run", dynamic_ncols=True, leave=False)
-            for (items, pair), rt, prec, batch in bar:
-                bar.set_description(f"{items[0].name}@{items[0].src.input_size[1]} {rt.name} {prec} b{batch}")
-                recs = _run_one(items, rt, prec, batch, protocol, fp["id"], agree, calib, op_profile)
+            for entries, batch, pair in bar:
+                what = entries[0][1].name if len(entries) == 1 or pair else f"{len(entries)} runtimes"
+                bar.set_description(f"{entries[0][0].name}@{entries[0][0].src.input_size[1]} {what} b{batch}")
+                recs = _run_one(entries, batch, run_protocol, fp["id"], agree, calib, op_profile)
                 if pair is not None:
                     _pair_records(recs, *pair)
                 records.extend(recs)
                 if on_progress is not None:
-                    on_progress(_report(started, [*load, _load_average()], fp, protocol, records))
+                    on_progress(_report(started, [*load, _load_average()], fp, run_protocol, records))
             bar.close()
     finally:
         gc.unfreeze()
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    return _report(started, [*load, _load_average()], fp, protocol, records)
+    return _report(started, [*load, _load_average()], fp, run_protocol, records)
 
 
 def _report(started: str, load: list[float | None], fp: dict[str, Any], protocol: Protocol,
