@@ -41,7 +41,7 @@ bench: bench-runtimes bench-timm bench-curve bench-digits bench-table
 bench-runtimes: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"
 	-$(BIN)/edgezoo bench --smallest --runtime all --batch 1,16 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
-		--plot $(BENCH_OUT)pareto.png -q
+		--interleave-runtimes --plot $(BENCH_OUT)pareto.png -q
 
 bench-timm: $(STAMP)
 	-$(BIN)/edgezoo bench $(BENCH_TIMM) --compare-timm --runtime ort --runs 300 --threads $(BENCH_THREADS) \
@@ -52,10 +52,13 @@ bench-curve: $(STAMP)
 		--curve $(BENCH_OUT) -q
 
 # The fastest faithful CPU path per family: digits-trained models (cached under runs/int8-table),
-# every CPU runtime, top-1 agreement on every held-out digit (<fingerprint>-digits.json).
+# every CPU runtime timed interleaved, top-1 agreement on every held-out digit: at the rows' own
+# 32-48 px (<fingerprint>-digits.json) and at DIGITS_PX (<fingerprint>-digits-<px>px.json).
+DIGITS_PX ?= 128
 bench-digits: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"
 	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS)
+	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS) --img-size $(DIGITS_PX)
 
 bench-table: $(STAMP)
 	$(BIN)/python scripts/bench_table.py $(BENCH_OUT) --write README.md

@@ -165,8 +165,9 @@ def _run_one(entries: list[Entry], batch: int, protocol: Protocol, fp_id: str, a
             records[i] = _record(it, rt, precision, batch, fp_id, status="failed", error=_first_line(err))
     try:
         xs = {i: entries[i][0].example(batch) for i in runners}
+        # ``max_seconds`` is per record: the interleaved group gets the sum of its records' budgets
         stats = measure({i: (lambda r=r, x=xs[i]: r(x)) for i, r in runners.items()},
-                        Protocol(warmup=0, runs=protocol.runs, max_seconds=protocol.max_seconds,
+                        Protocol(warmup=0, runs=protocol.runs, max_seconds=protocol.max_seconds * len(runners),
                                  min_runs=protocol.min_runs, block=protocol.block))
         for i in runners:
             it, rt, precision = entries[i]
