@@ -109,14 +109,16 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def _caption(meta: dict[str, Any]) -> str:
+    from edgezoo.export.bench.run import INTERLEAVE_BLOCK
+
     p = meta["protocol"]
     return (f"val top-1 on the 360 held-out digits (the better of the weights and their EMA); params and MACs of the "
             f"deploy form at batch 1; export status from each format's parity gate (`verified`: run here and matched "
             f"PyTorch, `converted`: no runtime here, `absent`: not installed); latency: batch-1 p50 in ms, 1 thread, "
-            f"{p['warmup']} warm-up runs then up to {p['runs']} runs or {p['max_seconds']} s, measured one model at a "
-            f"time after every other stage had finished; int8 agreement: top-1 agreement of the ONNX int8 file with "
-            f"fp32 on held-out digits (reference QDQ semantics / onnxruntime's int8 kernels on this CPU). "
-            f"{meta['machine']}, {meta['date']}.")
+            f"{p['warmup']} warm-up runs then up to {p['runs']} runs or {p['max_seconds']} s each, one model at a "
+            f"time after every other stage had finished, its runtimes interleaved in turns of {INTERLEAVE_BLOCK} "
+            f"calls; int8 agreement: top-1 agreement of the ONNX int8 file with fp32 on held-out digits (reference "
+            f"QDQ semantics / onnxruntime's int8 kernels on this CPU). {meta['machine']}, {meta['date']}.")
 
 
 def _charts() -> list[str]:

@@ -177,6 +177,6 @@ def bench_one(ckpt: str, model: str, use_ema: bool, exports: dict[str, dict[str,
         item = BenchItem(src=src, artifacts=Exported(src, Path(work_dir), exports), threads=threads)
         item.extra.update(params=count_params(src.model), macs=int(count_macs(src.model, src.input_size)))
         report = bench([item], parse_runtimes(runtimes), threads=threads, protocol=Protocol(**protocol),
-                       work_dir=work_dir, progress=False)
+                       work_dir=work_dir, progress=False, interleave_runtimes=True)
     report["timing"] = timing
     return report
