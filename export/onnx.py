@@ -45,20 +45,31 @@ def _is_dynamic(proto: Any, axis: int) -> bool:
     return bool(dim.dim_param) or not dim.HasField("dim_value")
 
 
-def _runs_at_other_size(proto: Any, job: ExportJob) -> bool:
-    """Whether a graph exported with symbolic height/width computes PyTorch's result at another size
-    (a shape the exporter specialised would fail or differ here, not in the user's hands)."""
+def _other_size_fault(proto: Any, job: ExportJob) -> str | None:
+    """Why a graph exported with symbolic height/width does not compute PyTorch's result at another
+    size (a shape the exporter specialised would fail or differ here, not in the user's hands), or
+    ``None`` where it does. A mismatch within the model's own fp32 rounding at that size is named as
+    such: the graph may be right, but this check cannot tell."""
+    from edgezoo.export.parity import fp32_instability
+
     if not (_is_dynamic(proto, 2) and _is_dynamic(proto, 3)):
-        return False
+        return "the graph's height/width came out static"
     _, h, w = job.input_size
     x = job.example_input(batch=1, size=(h + 32, w + 64))
     try:
         out = _session(proto).run(None, {"input": x.numpy()})[0]
     except Exception:  # onnxruntime raises its own Fail/RuntimeException types
-        return False
+        return "the graph does not run at another height/width"
     with torch.no_grad():
         ref = job.model(x).numpy()
-    return bool(np.abs(out - ref).max() <= 1e-3 * max(np.abs(ref).max(), 1e-6))
+    rel = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6))
+    if rel <= 1e-3:
+        return None
+    noise = fp32_instability(job.model, [x])
+    if noise is not None and noise > 1e-4:
+        return (f"at {h + 32}x{w + 64} it differs from PyTorch by {rel:.1e}, but PyTorch's own fp32 output is "
+                f"{noise:.1e} from float64 there: the model is numerically unstable at that size")
+    return f"the graph differs from PyTorch at another height/width (relative error {rel:.1e})"
 
 
 def _session(proto: Any) -> Any:
@@ -112,9 +123,10 @@ def export_graph(job: ExportJob, path: Path) -> Any:
     for hw in attempts:
         try:
             proto = _dynamo(job.model, x, opset, _dynamic_shapes(hw) if hw is not None else None, plugins)
-            if hw and not _runs_at_other_size(proto, job):
+            fault = _other_size_fault(proto, job) if hw else None
+            if fault:
                 proto = None
-                errors.append("the graph does not run at another height/width")
+                errors.append(fault)
                 continue
             job.notes["dynamic_hw"] = bool(hw)
             break
