@@ -22,11 +22,11 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["MAX_FRACTION", "TARGET", "Fallback", "activation_tensors", "bypass", "choose_fallback"]
+__all__ = ["MAX_FRACTION", "TARGET", "Board", "Fallback", "activation_tensors", "bypass", "choose_fallback", "rank"]
 
 #: The fallback may keep float at most this fraction of the quantised activation tensors.
 MAX_FRACTION = 0.05
@@ -131,7 +131,13 @@ class _Switchboard:
         return float(((out - self.reference) ** 2).sum() / max(float((self.reference ** 2).sum()), 1e-30))
 
 
-def _auto_count(board: _Switchboard, ranked: list[tuple[str, float]], base: float) -> int:
+class Board(Protocol):
+    """What the ranking needs of a graph: its logit error with a set of tensors left float."""
+
+    def error(self, floats: set[str]) -> float: ...
+
+
+def _auto_count(board: Board, ranked: list[tuple[str, float]], base: float) -> int:
     """The shortest prefix of ``ranked`` whose bypass brings the error to ``TARGET * base``, else the best prefix."""
     best = (base, 0)
     for k in range(1, max(1, int(MAX_FRACTION * len(ranked))) + 1):
@@ -144,6 +150,24 @@ def _auto_count(board: _Switchboard, ranked: list[tuple[str, float]], base: floa
     return best[1]
 
 
+def rank(board: Board, tensors: list[str], count: int | None, images: int, log: Any = lambda msg: None) -> Fallback:
+    """Rank ``tensors`` by how much bypassing each alone cuts ``board``'s error; keep float the ``count`` most
+    sensitive, or (``None``) the ``auto`` choice. ``images``: how many the board's error runs on (for the notes).
+    Shared by the ONNX QDQ graphs (here) and the PT2E graphs of ExecuTorch (:mod:`edgezoo.export.pt2e_fallback`)."""
+    start = time.perf_counter()
+    base = board.error(set())
+    fb = Fallback(error_int8=base, error_after=base, candidates=len(tensors), images=images)
+    if tensors and base > 0.0 and count != 0:
+        log(f"int8 fallback: ranking {len(tensors)} quantised activations on {images} calibration images")
+        gains = [(base - board.error({t})) / base for t in tensors]
+        fb.ranked = sorted(zip(tensors, gains, strict=True), key=lambda tg: -tg[1])
+        count = _auto_count(board, fb.ranked, base) if count is None else count
+        fb.tensors = [t for t, _ in fb.ranked[:count]]
+        fb.error_after = board.error(set(fb.tensors))
+    fb.seconds = time.perf_counter() - start
+    return fb
+
+
 def choose_fallback(proto: Any, images: list[np.ndarray], reference: np.ndarray, count: int | None = None,
                     log: Any = lambda msg: None) -> Fallback:
     """Rank ``proto``'s quantised activations on ``images`` (batches as the graph takes them) against the fp32
@@ -151,15 +175,8 @@ def choose_fallback(proto: Any, images: list[np.ndarray], reference: np.ndarray,
     start = time.perf_counter()
     tensors = activation_tensors(proto)
     board = _Switchboard(proto, tensors, images, reference)
-    base = board.error(set())
-    fb = Fallback(error_int8=base, error_after=base, candidates=len(tensors), images=sum(len(x) for x in images))
-    if tensors and base > 0.0 and count != 0:
-        log(f"int8 fallback: ranking {len(tensors)} quantised activations on {fb.images} calibration images")
-        gains = [(base - board.error({t})) / base for t in tensors]
-        fb.ranked = sorted(zip(tensors, gains, strict=True), key=lambda tg: -tg[1])
-        count = _auto_count(board, fb.ranked, base) if count is None else count
-        fb.tensors = [t for t, _ in fb.ranked[:count]]
+    fb = rank(board, tensors, count, sum(len(x) for x in images), log)
+    if fb.tensors:
         fb.nodes = bypass(proto, set(fb.tensors))[1]
-        fb.error_after = board.error(set(fb.tensors))
     fb.seconds = time.perf_counter() - start
     return fb

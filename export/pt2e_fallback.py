@@ -1,0 +1,175 @@
+"""Sensitivity-guided float fallback for PT2E int8 graphs (ExecuTorch): the activations int8 hurts most stay float.
+
+The ExecuTorch counterpart of :mod:`edgezoo.export.int8_fallback` (the ONNX QDQ one), with the same
+ranking, the same ``auto`` rule (:func:`edgezoo.export.int8_fallback.rank`: the shortest prefix of
+the ranking that halves the logit error, at most 5% of the tensors) and the same option,
+``int8_fallback``. Mixed-precision post-training quantisation ranks tensors by their effect on the
+output (Wu et al., "Integer Quantization for Deep Learning Inference", 2020, section 5).
+
+A converted PT2E graph carries each int8 activation ``t`` as ``dequantize(quantize(t))`` before its
+consumers. :class:`Switchboard` replaces every such pair by a switch, so one copy of the graph
+runs with any set of activations bypassed (their consumers read ``t`` in float); the error is the
+relative squared logit error against the float model on a few *calibration* images (never the
+held-out images the parity gate measures).
+
+The chosen activations are then made float for real: the graph is quantised again with the op that
+produces each one and the ops that consume it left unannotated (:func:`float_node_names`), so
+XNNPACK receives an ordinary PT2E graph in which those ops run in fp32 and everything else int8.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node
+
+__all__ = ["Switchboard", "activation_dequants", "float_node_names", "logit_error", "run_all"]
+
+
+def _is(node: Node, name: str) -> bool:
+    """Whether ``node`` calls a ``quantized_decomposed`` op called ``name`` (any overload)."""
+    target = node.target
+    return (node.op == "call_function" and isinstance(target, torch._ops.OpOverload)
+            and target.namespace == "quantized_decomposed" and target._schema.name.split("::")[-1] == name)
+
+
+def activation_dequants(graph: GraphModule) -> dict[str, list[Node]]:
+    """``{activation name: its dequantize nodes}`` for every int8 activation of a converted PT2E graph.
+
+    An activation is a quantize_per_tensor of a computed value (weights and other constants excluded);
+    it may have several quantize/dequantize pairs (one per consumer).
+    """
+    out: dict[str, list[Node]] = {}
+    for node in graph.graph.nodes:
+        if not _is(node, "quantize_per_tensor"):
+            continue
+        value = node.args[0]
+        if not isinstance(value, Node) or value.op == "get_attr":
+            continue
+        out.setdefault(value.name, []).extend(u for u in node.users if _is(u, "dequantize_per_tensor"))
+    return {k: v for k, v in out.items() if v}
+
+
+def _reads(node: Node) -> bool:
+    """Whether ``node`` is a computing op (not a quantize or dequantize of the PT2E representation)."""
+    quant = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel")
+    return node.op == "call_function" and not any(_is(node, q) for q in quant)
+
+
+def float_node_names(graph: GraphModule, activations: Sequence[str]) -> list[str]:
+    """The ops to leave unannotated so ``activations`` stay float: each one's producer and its consumers."""
+    dequants = activation_dequants(graph)
+    by_name = {n.name: n for n in graph.graph.nodes}
+    names: list[str] = []
+    for name in activations:
+        if by_name.get(name) is not None and _reads(by_name[name]):
+            names.append(name)
+        names += [u.name for dq in dequants.get(name, []) for u in dq.users if _reads(u)]
+    return list(dict.fromkeys(names))
+
+
+def logit_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """Relative squared logit error ``sum((out - ref)^2) / sum(ref^2)`` (as the ONNX fallback measures it)."""
+    return float(((out - reference) ** 2).sum() / (reference ** 2).sum().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def _fold_constant_dequants(graph: GraphModule) -> int:
+    """Dequantise the int8 weights once: each dequantize of a constant becomes a float buffer.
+
+    The values are the same; the ranking's many forward passes then skip re-dequantising every
+    weight every time (most of a forward at digits' sizes). Returns how many were folded.
+    """
+    count = 0
+    for node in list(graph.graph.nodes):
+        if not (_is(node, "dequantize_per_channel") or _is(node, "dequantize_per_tensor")):
+            continue
+        if not (isinstance(node.args[0], Node) and node.args[0].op == "get_attr"):
+            continue
+        if any(isinstance(a, Node) and a.op != "get_attr" for a in node.args):
+            continue
+        args = [attrgetter(a.target)(graph) if isinstance(a, Node) else a for a in node.args]
+        name = f"edgezoo_float_weight_{count}"
+        graph.register_buffer(name, node.target(*args, **node.kwargs))
+        with graph.graph.inserting_before(node):
+            folded = graph.graph.get_attr(name)
+        node.replace_all_uses_with(folded)
+        graph.graph.erase_node(node)
+        count += 1
+    graph.graph.eliminate_dead_code()
+    graph.graph.lint()
+    graph.recompile()
+    return count
+
+
+class _Switch(nn.Module):
+    """``t`` when ``use_float`` is set, else ``t``'s int8 round trip (``quantize`` then ``dequantize``).
+
+    The round trip is one fused ``fake_quantize_per_tensor_affine`` with the pair's scale and zero
+    point: the same rounding as the graph's decomposed pair up to ``t * (1/scale)`` against
+    ``t / scale``, in one op instead of two Python-level ones (most of a ranking forward otherwise).
+    """
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point, self.qmin, self.qmax = float(scale), int(zero_point), int(qmin), int(qmax)
+        self.use_float = False
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if self.use_float:
+            return t
+        return torch.fake_quantize_per_tensor_affine(t, self.scale, self.zero_point, self.qmin, self.qmax)
+
+
+class Switchboard:
+    """A copy of a converted PT2E graph in which every int8 activation can be bypassed at run time.
+
+    ``error(floats)`` runs ``images`` (batches the graph takes) with the activations named in ``floats``
+    bypassed and returns the logit error against ``reference`` (the float model's logits). Weights are
+    dequantised once (:func:`_fold_constant_dequants`), each activation's quantize/dequantize pair is a
+    :class:`_Switch`.
+    """
+
+    def __init__(self, graph: GraphModule, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
+        board = copy.deepcopy(graph)
+        _fold_constant_dequants(board)
+        self.switches: dict[str, list[_Switch]] = {}
+        for name, dequants in activation_dequants(board).items():
+            for dq in dequants:
+                quant = dq.args[0]
+                value, scale, zero_point, qmin, qmax = (
+                    attrgetter(a.target)(board) if isinstance(a, Node) and a.op == "get_attr" else a
+                    for a in quant.args[:5])
+                switch = _Switch(scale, zero_point, qmin, qmax)
+                self.switches.setdefault(name, []).append(switch)
+                module = f"edgezoo_switch_{sum(len(v) for v in self.switches.values())}"
+                board.add_submodule(module, switch)
+                with board.graph.inserting_after(dq):
+                    node = board.graph.call_module(module, (value,))
+                dq.replace_all_uses_with(node)
+        board.graph.eliminate_dead_code()
+        board.graph.lint()
+        board.recompile()
+        self.board, self.images, self.reference = board, list(images), reference
+
+    @property
+    def tensors(self) -> list[str]:
+        return list(self.switches)
+
+    @torch.no_grad()
+    def error(self, floats: set[str]) -> float:
+        for name, switches in self.switches.items():
+            for switch in switches:
+                switch.use_float = name in floats
+        return logit_error(torch.cat([self.board(x) for x in self.images]), self.reference)
+
+
+def run_all(graph: Any, images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``graph``'s logits on ``images`` (batches), concatenated."""
+    with torch.no_grad():
+        return torch.cat([graph(x) for x in images])

@@ -1,0 +1,103 @@
+"""The sensitivity fallback of ExecuTorch int8 (PT2E graphs): the switchboard computes what the converted
+graph computes, a bypassed activation is what removing its quantize/dequantize pair gives, and the ops
+the fallback names leave exactly those activations float when the model is quantised again."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("executorch")
+
+import edgezoo.export.executorch as et
+from edgezoo.export.base import ExportJob
+from edgezoo.export.calib import CalibrationSet
+from edgezoo.export.pt2e_fallback import (
+    Switchboard,
+    activation_dequants,
+    float_node_names,
+    logit_error,
+    run_all,
+)
+
+
+class _Residual(nn.Module):
+    """Conv -> ReLU -> conv with a residual add whose range a large skip stretches (int8 hurts it most)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        y = 8.0 * y + self.body(y)
+        return self.head(y.mean((2, 3)))
+
+
+def _job(tmp_path: Path, fallback: object = "auto") -> tuple[nn.Module, ExportJob, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    job = ExportJob(model=model, name="res", input_size=(3, 8, 8), batch=1, dynamic=False, precision="int8",
+                    options={"int8_fallback": fallback}, metadata={}, work_dir=tmp_path)
+    job.calibration = CalibrationSet(torch.randn(16, 3, 8, 8), torch.randn(4, 3, 8, 8), "random")
+    return model, job, [job.calibration.calib[i:i + 1] for i in range(16)]
+
+
+def test_switchboard_matches_the_converted_graph_and_a_removed_pair(tmp_path: Path) -> None:
+    model, job, batches = _job(tmp_path)
+    x = batches[0]
+    converted = et._convert(job, model, x, batches)
+    with torch.no_grad():
+        reference = torch.cat([model(b) for b in batches])
+    board = Switchboard(converted, batches, reference)
+    assert set(board.tensors) == set(activation_dequants(converted)) and len(board.tensors) >= 4
+    # nothing bypassed: the converted graph itself (fused fake-quant == the decomposed pair)
+    assert board.error(set()) == pytest.approx(logit_error(run_all(converted, batches), reference), rel=1e-5)
+    # one activation bypassed == the graph with that activation's quantize/dequantize pairs removed
+    name = board.tensors[len(board.tensors) // 2]
+    removed = copy.deepcopy(converted)
+    for dq in activation_dequants(removed)[name]:
+        dq.replace_all_uses_with(dq.args[0].args[0])
+    removed.graph.eliminate_dead_code()
+    removed.recompile()
+    assert board.error({name}) == pytest.approx(logit_error(run_all(removed, batches), reference), rel=1e-5)
+    assert board.error(set(board.tensors)) < board.error(set())  # all float (int8 weights only) is closer
+
+
+def test_fallback_leaves_the_chosen_activations_float_and_cuts_the_error(tmp_path: Path) -> None:
+    model, job, batches = _job(tmp_path, fallback=1)
+    converted = et._quantize(job, model, batches[0])
+    notes = job.notes["int8_fallback"]
+    assert len(notes["tensors"]) == 1 and notes["candidates"] >= 4 and notes["images"] == 16
+    assert notes["error_after"] < notes["error_int8"]  # measured on the graph quantised again
+    chosen = notes["tensors"][0]
+    assert chosen not in activation_dequants(converted)  # float in the graph that is lowered
+    assert set(notes["nodes"]) >= {chosen} and set(notes["nodes"]) <= {n.name for n in converted.graph.nodes}
+    # the only activations no longer int8 are outputs of the ops the fallback left float
+    none = et._convert(job, model, batches[0], batches)
+    lost = set(activation_dequants(none)) - set(activation_dequants(converted))
+    assert chosen in lost and lost <= set(notes["nodes"])
+    assert float_node_names(none, [chosen]) == notes["nodes"]
+
+
+def test_fallback_off_and_the_lowered_program_runs(tmp_path: Path) -> None:
+    model, job, batches = _job(tmp_path, fallback=0)
+    et._quantize(job, model, batches[0])
+    assert "int8_fallback" not in job.notes
+    model, job, batches = _job(tmp_path / "auto")
+    path = et.build_pte(job, tmp_path / "res_int8.pte")
+    assert job.notes["int8_fallback"]["error_after"] <= job.notes["int8_fallback"]["error_int8"]
+    x = torch.randn(1, 3, 8, 8)
+    from edgezoo.export import get_format
+
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95
