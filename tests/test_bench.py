@@ -3,6 +3,7 @@ charts, the README section, ``--compare-timm`` and the CLI's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -456,6 +457,13 @@ def test_artifacts_are_reused_from_the_work_folder_only_for_the_same_model(tmp_p
     monkeypatch.setattr(edgezoo.export, "export", no_export)
     again = Artifacts(src, tmp_path)
     assert again.get("onnx", "fp32", 1) == first and first.stat().st_mtime_ns == mtime
+    # the format's defaults are part of the key: a changed default (a new option) is a new artifact
+    from edgezoo.export.onnx import OnnxFormat
+
+    opset, before = OnnxFormat.options["opset"], again.digest("onnx", "fp32", 1, {})
+    monkeypatch.setitem(OnnxFormat.options, "opset", dataclasses.replace(opset, default=opset.default + 1))
+    assert Artifacts(src, tmp_path).digest("onnx", "fp32", 1, {}) != before
+    monkeypatch.setitem(OnnxFormat.options, "opset", opset)
     with torch.no_grad():
         next(src.model.parameters()).add_(1.0)
     with pytest.raises(AssertionError, match="exported again"):

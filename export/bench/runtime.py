@@ -65,8 +65,12 @@ class Artifacts:
                 h.update(name.encode())
                 h.update(t.detach().contiguous().cpu().to(torch.float32).numpy().tobytes())
             self._model_digest = h.hexdigest()
+        from edgezoo.export import get_format
+
+        # the format's defaults too: a new option (or a changed default) makes a new artifact
+        effective = {**{k: o.default for k, o in get_format(fmt).options.items()}, **options}
         settings = repr((self._model_digest, type(self.src.model).__name__, self.src.name, tuple(self.src.input_size),
-                         fmt, precision, batch, sorted(options.items()), self.calib, self.calib_size,
+                         fmt, precision, batch, sorted(effective.items()), self.calib, self.calib_size,
                          getattr(edgezoo, "__version__", ""), torch.__version__))
         return hashlib.sha256(settings.encode()).hexdigest()
 
