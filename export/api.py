@@ -195,7 +195,7 @@ def _parity_inputs(job: ExportJob, trained: bool) -> list[torch.Tensor]:
     if job.precision == "int8" and job.calibration is not None:
         images = job.calibration.held_out
     else:
-        images = job.example_input(batch=PARITY_IMAGES)
+        images = job.example_input(batch=max(PARITY_IMAGES, job.batch))  # at least one chunk of a static batch
     if job.dynamic:
         extra = []
         if job.notes.get("dynamic_hw"):
@@ -203,8 +203,11 @@ def _parity_inputs(job: ExportJob, trained: bool) -> list[torch.Tensor]:
             extra.append(job.example_input(batch=2, size=(h + 32, w - 32 if w > 64 else w + 32)))
         n = job.batch + 2
         return [images[i:i + n] for i in range(0, len(images), n)] + extra
-    chunks = [images[i:i + job.batch] for i in range(0, len(images), job.batch)]
-    return [c for c in chunks if len(c) == job.batch]
+    chunks = [c for c in (images[i:i + job.batch] for i in range(0, len(images), job.batch)) if len(c) == job.batch]
+    if not chunks:
+        raise InvalidArgumentError(f"the parity gate has {len(images)} held-out images, fewer than the static batch "
+                                   f"{job.batch}: export with a smaller --batch or more held-out images")
+    return chunks
 
 
 @torch.no_grad()

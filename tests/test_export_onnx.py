@@ -76,6 +76,16 @@ def test_unstable_model_fails_the_gate_with_the_cause_named(tmp_path) -> None:
     assert any("numerically unstable at that size" in w for w in res.warnings), res.warnings
 
 
+def test_static_batch_larger_than_the_gate_images(tmp_path) -> None:
+    """A static batch above the fp32 gate's 8 seeded images is gated on one full batch (it failed with
+    nothing to compare: `edgezoo bench --batch 16`)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    res = export(net, "onnx", tmp_path, img_size=SIZE, batch=16)
+    assert res.status == "verified", res.summary()
+    assert res.parity["images"] == 16
+
+
 def test_static_batch_metadata_and_sidecar(tmp_path) -> None:
     res = export(_model("ez_mobilenetv2_eca"), "onnx", tmp_path, img_size=SIZE, batch=4, opset=20)
     assert res.status == "verified"
