@@ -38,10 +38,11 @@ BENCH_TIMM ?= ez_efficientvit_m0 ez_shvit_s1 ez_focalnet_tiny_srf ez_efficientvi
 	ez_resnet18_cbam ez_resnet50_se
 bench: bench-runtimes bench-timm bench-curve bench-digits bench-table
 
+BENCH_BATCH ?= 1,16
 bench-runtimes: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"
-	-$(BIN)/edgezoo bench --smallest --runtime all --batch 1,16 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
-		--interleave-runtimes --plot $(BENCH_OUT)pareto.png -q
+	-$(BIN)/edgezoo bench --smallest --runtime all --batch $(BENCH_BATCH) --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
+		--interleave-runtimes --work runs/bench-runtimes --plot $(BENCH_OUT)pareto.png -q
 
 bench-timm: $(STAMP)
 	-$(BIN)/edgezoo bench $(BENCH_TIMM) --compare-timm --runtime ort --runs 300 --threads $(BENCH_THREADS) \
