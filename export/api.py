@@ -42,6 +42,8 @@ __all__ = ["ExportResult", "export", "prepare"]
 
 #: Images in the fixed parity batch (run in chunks of the static batch size).
 PARITY_IMAGES = 8
+#: int8 calibration images when the caller names no number (``edgezoo export --calib-size``, the benchmark's files)
+CALIB_SIZE = 64
 
 
 @dataclass
@@ -265,7 +267,7 @@ def export(
     half: bool = False,
     int8: bool = False,
     calib: str = "digits",
-    calib_size: int = 64,
+    calib_size: int = CALIB_SIZE,
     use_ema: bool = False,
     classes: list[str] | None = None,
     log: Callable[[str], None] | None = None,

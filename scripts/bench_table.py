@@ -6,7 +6,8 @@
 A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compare-timm``) and
 ``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) and ``<id>-digits.json``
 and ``<id>-digits-<S>px.json`` (``scripts/fastest_path.py``: digits-trained models, agreement-gated),
-for the fingerprint id whose main report is newest, or the one given with ``--fingerprint``.
+for the fingerprint id whose main report is newest, or the one given with ``--fingerprint``; a kind of
+report that machine has none of is taken from the newest machine that has one (its footer names it).
 """
 
 from __future__ import annotations
@@ -31,11 +32,22 @@ def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], 
         if not mains:
             raise SystemExit(f"no benchmark reports in {folder}: run make bench")
         fingerprint = max(mains, key=lambda p: p.stat().st_mtime).stem
-    paths = [folder / f"{fingerprint}{s}.json" for s in _SUFFIXES]
-    reports = [load_report(p) if p.is_file() else None for p in paths]
+    paths = [_this_or_newest(folder, fingerprint, s) for s in _SUFFIXES]
+    reports = [load_report(p) if p is not None else None for p in paths]
     sized = sorted(folder.glob(f"{fingerprint}-digits-*px.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1][:-2]))
-    png = folder / f"{fingerprint}-sizes.png"
+    png = paths[2].with_suffix(".png") if paths[2] is not None else folder / f"{fingerprint}-sizes.png"
     return [*reports, [load_report(p) for p in sized]], (str(png) if png.is_file() else None)
+
+
+def _this_or_newest(folder: Path, fingerprint: str, suffix: str) -> Path | None:
+    """``<fingerprint><suffix>.json``, else the newest ``*<suffix>.json`` of another machine (its part of the
+    section then names that machine's fingerprint in its footer), else ``None``."""
+    own = folder / f"{fingerprint}{suffix}.json"
+    if own.is_file():
+        return own
+    others = [p for p in folder.glob(f"*{suffix}.json") if suffix or not p.stem.endswith(_SUFFIXES[1:])]
+    others = [p for p in others if not re.search(r"-digits-\d+px$", p.stem)]
+    return max(others, key=lambda p: p.stat().st_mtime) if others and suffix else None
 
 
 def main() -> int:

@@ -45,8 +45,11 @@ class Artifacts:
     work folder (``edgezoo bench --work DIR``) reuses the file instead of exporting it again.
     """
 
-    def __init__(self, src: Any, work_dir: Path, calib: str = "digits", calib_size: int = 32,
+    def __init__(self, src: Any, work_dir: Path, calib: str = "digits", calib_size: int | None = None,
                  log: Callable[[str], None] = lambda m: None) -> None:
+        from edgezoo.export.api import CALIB_SIZE
+
+        calib_size = calib_size or CALIB_SIZE  # the files `edgezoo export` makes by default
         self.src, self.work_dir, self.calib, self.calib_size, self.log = src, Path(work_dir), calib, calib_size, log
         self._done: dict[tuple[str, str, int, frozenset], Any] = {}
         self._model_digest: str | None = None
