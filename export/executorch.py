@@ -240,10 +240,10 @@ def _convert(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[to
     return converted
 
 
-def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule,
+def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule, batches: list[torch.Tensor],
               ) -> tuple[frozenset[str], list[torch.Tensor], torch.Tensor | None]:
-    """The ``int8_fallback`` option: rank ``converted``'s activations (figures in ``job.notes``); the nodes to
-    keep float, and the images and float logits the ranking ran on."""
+    """The ``int8_fallback`` option: rank ``converted``'s activations on the first calibration ``batches``
+    (figures in ``job.notes``); the nodes to keep float, and the batches and float logits the ranking ran on."""
     from edgezoo.export.int8_fallback import rank
     from edgezoo.export.pt2e_fallback import Switchboard, float_node_names
     from edgezoo.export.quantize import FALLBACK_IMAGES
@@ -251,8 +251,7 @@ def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule,
     setting = parse_fallback(job.options.get("int8_fallback", "auto"))
     if setting == 0:
         return frozenset(), [], None
-    images = job.calibration.calib[:max(FALLBACK_IMAGES, job.batch)].float()
-    batches = [images[i:i + job.batch] for i in range(0, len(images) - job.batch + 1, job.batch)]
+    batches = batches[:max(FALLBACK_IMAGES, job.batch) // job.batch]
     with torch.no_grad():
         reference = torch.cat([model(b) for b in batches])
     board = Switchboard(converted, batches, reference)
@@ -273,7 +272,7 @@ def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
     if not batches:
         raise ValueError(f"int8 export needs at least {job.batch} calibration images (the static batch)")
     converted = _convert(job, model, x, batches)
-    floats, ranked, reference = _fallback(job, model, converted)
+    floats, ranked, reference = _fallback(job, model, converted, batches)
     if floats:
         converted = _convert(job, model, x, batches, floats)
         notes = job.notes["int8_fallback"]

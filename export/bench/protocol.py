@@ -53,7 +53,7 @@ class Protocol:
         if self.min_runs < 1:
             raise InvalidArgumentError(f"min_runs must be >= 1, got {self.min_runs}")
         if self.block < 1:
-            raise InvalidArgumentError(f"block must be >= 1 timed call per turn, got {self.block}")
+            raise InvalidArgumentError(f"--block must be >= 1 timed call per turn, got {self.block}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
