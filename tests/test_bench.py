@@ -228,8 +228,42 @@ def test_bench_interleaves_runtimes_in_turns(fake_runtimes) -> None:
     # warm-up of each as it loads, then turns of 1 untimed + 3 timed calls, alternating which goes first
     assert "".join("f" if c == "fp32" else "i" for c in half.calls) == "ff" "ii" "ffff" "iiii" "iiii" "ffff"
     assert 0.35 <= int8["latency_ms"]["p50"] / fp32["latency_ms"]["p50"] <= 0.7
-    with pytest.raises(InvalidArgumentError, match="choose one"):
+    with pytest.raises(InvalidArgumentError, match="cannot also interleave runtimes or sizes"):
         bench([SMALL], runtimes[:1], compare_timm=True, interleave_runtimes=True, progress=False)
+
+
+class _PixelsRuntime(_SleepRuntime):
+    """Sleeps 1 ms per 32x32 pixels of the input; every call's input side is logged in ``calls``."""
+
+    name = "test-pixels"
+    calls: ClassVar[list[int]] = []
+
+    def load(self, item, precision, batch):
+        def run(x: np.ndarray) -> np.ndarray:
+            self.calls.append(x.shape[-1])
+            time.sleep(0.001 * (x.shape[-1] / 32) ** 2)
+            return np.zeros((x.shape[0], 10), np.float32)
+        return run
+
+
+def test_bench_interleaves_sizes_for_a_cost_curve() -> None:
+    """``interleave_sizes``: a model's input sizes are timed together (call by call at block 1), one record a size,
+    each with the latency of its own size."""
+    rt = _PixelsRuntime()
+    _RUNTIMES[rt.name] = rt
+    rt.calls.clear()
+    try:
+        report = bench([SMALL], [(rt, ["fp32"])], threads=1, img_sizes=[32, 64], progress=False,
+                       interleave_sizes=True, protocol=Protocol(warmup=1, runs=4, max_seconds=30))
+    finally:
+        _RUNTIMES.pop(rt.name)
+    validate_report(report)
+    small, large = report["records"]
+    assert (small["img_size"], large["img_size"]) == (32, 64) and small["interleaved_with"] == 1
+    assert rt.calls[:2] == [32, 64]  # each size's warm-up call as it loads
+    timed = rt.calls[2:]
+    assert sorted(timed) == [32] * 4 + [64] * 4 and len(set(timed[:2])) == len(set(timed[2:4])) == 2  # by turns
+    assert 3.0 <= large["latency_ms"]["p50"] / small["latency_ms"]["p50"] <= 4.5
 
 
 def test_real_absent_runtimes_are_reported_absent() -> None:

@@ -270,6 +270,7 @@ def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[in
     from edgezoo.export.bench.plot import cost_curve_png, fit_exponents
     from edgezoo.export.bench.report import save_report
     from edgezoo.export.bench.run import check_threads
+    from edgezoo.train.sweep_report import curve_markdown
 
     out = Path(output)
     threads = check_threads(threads)
@@ -307,7 +308,8 @@ def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[in
     report["exponents"] = fit_exponents(report)
     save_report(report, path)
     png = cost_curve_png(report, out / "cost-curve.png") if len(set(sizes)) > 1 else None  # a curve needs 2 sizes
-    log(f"cost curve: {path}{f', {png}' if png else ''}")
+    (out / "cost-curve.md").write_text(curve_markdown(report) + "\n")
+    log(f"cost curve: {path}, {out / 'cost-curve.md'}{f', {png}' if png else ''}")
     return {"report": str(path), "png": str(png) if png else None}
 
 

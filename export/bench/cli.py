@@ -94,7 +94,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
                    compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
                    model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None),
-                   on_progress=save_so_far, op_profile=args.op_profile, interleave_runtimes=args.interleave_runtimes)
+                   on_progress=save_so_far, op_profile=args.op_profile, interleave_runtimes=args.interleave_runtimes,
+                   interleave_sizes=bool(args.sizes) and not args.compare_timm)
     print(table(report))
     if args.op_profile:
         from edgezoo.export.bench.op_profile import op_profile_table
@@ -120,7 +121,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", "-b", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the usable cores)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
-    p.add_argument("--sizes", help="several input resolutions, e.g. 128,256,384,512 (a cost curve: see --curve)")
+    p.add_argument("--sizes", help="several input resolutions, e.g. 128,256,384,512, timed interleaved (a cost "
+                                   "curve: see --curve)")
     p.add_argument("--runs", type=int, default=100, help="timed runs per record (default 100)")
     p.add_argument("--seconds", type=float, default=10.0, help="at most this long timing one record (default 10)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")

@@ -144,9 +144,11 @@ def _interleaving(report: dict[str, Any]) -> str:
     block = report["protocol"].get("block", 1)
     if not any(r.get("interleaved_with") for r in report["records"]):
         return ""
+    recs = [r for r in report["records"] if r.get("interleaved_with")]
+    what = "sizes" if len({r["img_size"] for r in recs}) > 1 and len({r["runtime"] for r in recs}) == 1 else "runtimes"
     if block > 1:
-        return f", each model's runtimes interleaved in turns of {block} calls (each after an untimed one)"
-    return ", interleaved call by call"
+        return f", each model's {what} interleaved in turns of {block} calls (each after an untimed one)"
+    return f", each model's {what} interleaved call by call" if what == "sizes" else ", interleaved call by call"
 
 
 def markdown(runtimes: dict[str, Any] | None = None, timm: dict[str, Any] | None = None,

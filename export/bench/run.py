@@ -209,9 +209,9 @@ Group = tuple[list[BenchItem], tuple[str, float] | None]  # items (one, or an ed
 def _tasks(groups: list[Group], runtimes: list[tuple[Runtime, list[str]]], batches: Sequence[int],
            interleave_runtimes: bool) -> list[tuple[list[Entry], int, tuple[str, float] | None]]:
     """``[(entries timed together, batch, pair info)]`` in the order they run."""
-    if interleave_runtimes:
-        return [([(it, rt, p) for rt, precs in runtimes for p in precs], b, None)
-                for items, _ in groups for it in items for b in batches]
+    if interleave_runtimes:  # a group's items are one model at one size, or at several (``interleave_sizes``)
+        return [([(it, rt, p) for it in items for rt, precs in runtimes for p in precs], b, None)
+                for items, _ in groups for b in batches]
     return [([(it, rt, p) for it in items], b, pair)
             for items, pair in groups for rt, precs in runtimes for p in precs for b in batches]
 
@@ -228,13 +228,19 @@ def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float)
 
 
 def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: bool, threads: int, work: Path,
-            calib: str, log: Callable[[str], None], model: str | None = None,
+            calib: str, log: Callable[[str], None], model: str | None = None, interleave_sizes: bool = False,
             ) -> list[Group]:
-    """``[(items, pair info)]``: one item per source and size, or an (edgezoo, timm) pair with ``compare_timm``."""
+    """``[(items, pair info)]``: one item per source and size, or an (edgezoo, timm) pair with ``compare_timm``.
+
+    With ``interleave_sizes`` a source's items at every size form one group (timed together).
+    """
     from edgezoo.export.bench.timm_pair import make_pair
 
-    groups = []
+    groups: list[Group] = []
     for source in sources:
+        if interleave_sizes:
+            groups.append(([_item(source, size, threads, work, calib, log, name=model) for size in sizes], None))
+            continue
         for size in sizes:
             if not compare_timm:
                 groups.append(([_item(source, size, threads, work, calib, log, name=model)], None))
@@ -256,7 +262,7 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
           compare_timm: bool = False, agree: int = 0, calib: str = "digits", work_dir: str | os.PathLike | None = None,
           model: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
           on_progress: Callable[[dict[str, Any]], None] | None = None, op_profile: bool = False,
-          interleave_runtimes: bool = False) -> dict[str, Any]:
+          interleave_runtimes: bool = False, interleave_sizes: bool = False) -> dict[str, Any]:
     """Benchmark ``sources`` (names, checkpoints, modules, or ready :class:`BenchItem` s); return the report.
 
     See the module docstring for the report.
@@ -267,7 +273,9 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     ``ort`` / ``ort-int8`` records (:mod:`edgezoo.export.bench.op_profile`). ``interleave_runtimes``
     times every runtime and precision of a model (at one batch) together, in turns of
     ``protocol.block`` calls (:data:`INTERLEAVE_BLOCK` when the protocol says 1): their ratios then come
-    from one stretch of time, as a pair's do with ``compare_timm``.
+    from one stretch of time, as a pair's do with ``compare_timm``. ``interleave_sizes`` times a model's
+    ``img_sizes`` together: a cost curve whose points come from one stretch of time (with
+    ``interleave_runtimes``, every size on every runtime).
     """
     from tqdm import tqdm
 
@@ -278,8 +286,9 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
         raise InvalidArgumentError(f"--img-size must be >= 16, got {list(img_sizes)}")
     log = log or (lambda m: None)
     protocol = protocol or Protocol()
-    if interleave_runtimes and compare_timm:
-        raise InvalidArgumentError("--interleave-runtimes and --compare-timm are two ways of interleaving: choose one")
+    if compare_timm and (interleave_runtimes or interleave_sizes):
+        raise InvalidArgumentError("--compare-timm interleaves each model with timm's; it cannot also interleave "
+                                   "runtimes or sizes: drop --interleave-runtimes / --sizes")
     run_protocol = protocol
     if interleave_runtimes and protocol.block == 1:
         run_protocol = dataclasses.replace(protocol, block=INTERLEAVE_BLOCK)
@@ -291,7 +300,8 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     gc.freeze()  # what exists now outlives the runs: the collection after each runtime skips it
     try:
         with _torch_threads(threads):
-            groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log, model)  # bad input fails here
+            groups = _groups(sources, img_sizes, compare_timm, threads, work, calib, log, model,  # bad input fails here
+                             interleave_sizes and len(img_sizes) > 1)
             fp = fingerprint(threads)
             tasks = _tasks(groups, runtimes, batches, interleave_runtimes)
             bar = tqdm(tasks, disable=not progress, unit="run", dynamic_ncols=True, leave=False)
