@@ -20,13 +20,16 @@ from typing import Any
 
 START, END = "<!-- int8-table:start -->", "<!-- int8-table:end -->"
 
-#: (model, epochs, image size): one CNN-attention model, three ViT families, FocalNet.
+#: (model, epochs, image size): one CNN-attention model, three ViT families, FocalNet. The epochs bring
+#: each to 96.7-98.9% val top-1 at these sizes. FocalNet edge-XS and EfficientViT-B0 need 8: after 3 they
+#: were at 92.8% and 94.2%, and an undertrained model has many low-margin images that int8 flips on any
+#: runtime (B0's ExecuTorch int8 agreed 97.8% at 3 epochs, 99.4% at 8).
 ROWS = [
     ("ez_resnet18_eca", 3, 32),
-    ("ez_focalnet_edge_xs", 3, 32),
+    ("ez_focalnet_edge_xs", 8, 32),
     ("ez_shvit_s1", 3, 48),
     ("ez_efficientvit_m0", 8, 48),
-    ("ez_efficientvit_b0", 3, 48),
+    ("ez_efficientvit_b0", 8, 48),
 ]
 CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {})]
 
