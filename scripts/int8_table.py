@@ -40,7 +40,8 @@ def _train(name: str, epochs: int, size: int, work: Path) -> tuple[str, float]:
     folder = work / f"{name}-{size}px-{epochs}ep"
     done = folder / "result.json"
     if not done.is_file():
-        final = train_digits(name, epochs=epochs, img_size=size, output=str(folder), run__progress=False)
+        final = train_digits(name, epochs=epochs, img_size=size, output=str(folder), resume=True,  # after a kill
+                             run__progress=False)
         top1 = max(final["val_top1"], final.get("ema_val_top1", 0.0))
         done.write_text(json.dumps({"checkpoint": str(final["checkpoint"]), "top1": top1}))
     result = json.loads(done.read_text())

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgezoo.errors import ConfigError
 from edgezoo.train import resolve_config, run, train_digits, validate_checkpoint
 from edgezoo.train.engine import Trainer, TrainingDivergedError
 from edgezoo.train.losses import DistillationLoss
@@ -121,6 +122,12 @@ def test_validate_matches_training_metrics(tmp_path: Path):
     per_class = torch.tensor(plain["confusion"]).diag().sum().item() / 360 * 100
     assert per_class == pytest.approx(plain["top1"]) and len(plain["per_class"]) == 10
     assert (tmp_path / "confusion.png").stat().st_size > 0
+    # resume=True on a finished run returns its final metrics without training (without it: refused)
+    again = train_digits(TINY, epochs=1, img_size=32, output=str(out), resume=True, run__progress=False,
+                         run__threads=1)
+    assert again.get("finished") and again["val_top1"] == pytest.approx(res["val_top1"])
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train_digits(TINY, epochs=1, img_size=32, output=str(out), run__progress=False, run__threads=1)
 
 
 def test_image_folder_dataset(tmp_path: Path):

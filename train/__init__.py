@@ -27,12 +27,14 @@ def run(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 
 def train_digits(
-    model: str = "ez_resnet18_eca", epochs: int = 10, img_size: int = 64, output: str | None = None, **sets: Any
+    model: str = "ez_resnet18_eca", epochs: int = 10, img_size: int = 64, output: str | None = None,
+    resume: bool = False, **sets: Any
 ) -> dict[str, Any]:
     """Train ``model`` on the built-in digits data with its recipe + configs/digits.yaml.
 
     Returns :func:`run`'s final metrics (``val_top1``, ``best_top1``, ``epoch_time``, ...).
-    ``output`` defaults to a fresh temporary folder; ``sets`` are ``section__key=value`` overrides.
+    ``output`` defaults to a fresh temporary folder; ``resume`` continues a run stopped in ``output``
+    (:func:`run`'s ``resume``); ``sets`` are ``section__key=value`` overrides.
     """
     import tempfile
 
@@ -40,7 +42,7 @@ def train_digits(
     overrides = [f"{k.replace('__', '.')}={v}" for k, v in sets.items()]
     cfg = resolve_config(model=model, data="digits", overrides=overrides, sched__epochs=epochs,
                          data__img_size=img_size, run__output=output)
-    return run(cfg)
+    return run(cfg, resume=resume)
 
 
 def validate_checkpoint(*args: Any, **kwargs: Any) -> dict[str, Any]:
