@@ -263,7 +263,7 @@ def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule, batches:
 
 def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
     """PT2E int8 with the sensitivity fallback: quantise, rank, and quantise again with the chosen ops float."""
-    from edgezoo.export.pt2e_fallback import logit_error, run_all
+    from edgezoo.export.pt2e_fallback import int8_fed_weighted, logit_error, run_all
 
     if job.calibration is None:
         raise ValueError("int8 export needs calibration data")
@@ -276,6 +276,13 @@ def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
     if floats:
         converted = _convert(job, model, x, batches, floats)
         notes = job.notes["int8_fallback"]
+        kept: set[str] = set()
+        while stuck := int8_fed_weighted(converted, floats):  # XNNPACK refuses a float weight on an int8 input:
+            floats, kept = floats - stuck, kept | stuck  # those ops are quantised after all (each only once)
+            converted = _convert(job, model, x, batches, floats)
+        if kept:
+            notes["nodes"] = [n for n in notes["nodes"] if n not in kept]
+            notes["int8_fed_kept_int8"] = sorted(kept)
         notes["error_after"] = logit_error(run_all(converted, ranked), reference)  # measured on the graph made
         job.log(f"{job.name}: int8 fallback kept {len(notes['tensors'])} of {notes['candidates']} activations "
                 f"float ({len(floats)} ops; logit error {notes['error_int8']:.3g} -> {notes['error_after']:.3g}, "

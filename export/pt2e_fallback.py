@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["Switchboard", "activation_dequants", "float_node_names", "logit_error", "run_all"]
+__all__ = ["Switchboard", "activation_dequants", "float_node_names", "int8_fed_weighted", "logit_error", "run_all"]
 
 
 def _is(node: Node, name: str) -> bool:
@@ -71,6 +71,27 @@ def float_node_names(graph: GraphModule, activations: Sequence[str]) -> list[str
             names.append(name)
         names += [u.name for dq in dequants.get(name, []) for u in dq.users if _reads(u)]
     return list(dict.fromkeys(names))
+
+
+def int8_fed_weighted(graph: GraphModule, names: Sequence[str] | frozenset[str]) -> set[str]:
+    """The convs and linears among ``names`` (left float) that still read a dequantised int8 input.
+
+    Leaving an op unannotated keeps its weight float, but its input stays int8 when the producer's
+    output is quantised for another reason (a pad, and the views after it, share its input's
+    parameters: CGA's window partition). XNNPACK takes ``dequantize -> conv`` for an int8 conv and then
+    refuses the float weight ("Weight and Input should both be quantized": EfficientViT-M0 at 128 px).
+    Such an op cannot compute in float here, so it is quantised like the rest.
+    """
+    weighted = {torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.linear.default,
+                torch.ops.aten.convolution.default}
+
+
+    def dequantized(arg: Any) -> bool:
+        return isinstance(arg, Node) and any(_is(arg, d) for d in ("dequantize_per_tensor", "dequantize_per_channel"))
+
+    return {n.name for n in graph.graph.nodes
+            if n.name in names and n.op == "call_function" and n.target in weighted and len(n.args) > 1
+            and dequantized(n.args[0]) and not dequantized(n.args[1])}
 
 
 def logit_error(out: torch.Tensor, reference: torch.Tensor) -> float:

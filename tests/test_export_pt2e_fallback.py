@@ -101,3 +101,54 @@ def test_fallback_off_and_the_lowered_program_runs(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+class _PadThenConv(nn.Module):
+    """Conv -> zero pad -> conv: the pad shares its input's int8 parameters, so the second conv reads int8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(torch.nn.functional.pad(self.stem(x), (0, 1, 0, 1)))
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_float_conv_on_an_int8_input_is_quantised_after_all(tmp_path: Path, monkeypatch) -> None:
+    """A conv the fallback leaves float whose input stays int8 (through a pad) would reach XNNPACK as
+    ``dequantize -> conv`` with a float weight, which it refuses ("Weight and Input should both be quantized"):
+    it is quantised like the rest, the notes say so, and the program lowers and runs."""
+    from edgezoo.export.pt2e_fallback import int8_fed_weighted
+
+    torch.manual_seed(0)
+    model = _PadThenConv().eval()
+    job = ExportJob(model=model, name="pad", input_size=(3, 8, 8), batch=1, dynamic=False, precision="int8",
+                    options={"int8_fallback": 1}, metadata={}, work_dir=tmp_path)
+    job.calibration = CalibrationSet(torch.randn(16, 3, 8, 8), torch.randn(4, 3, 8, 8), "random")
+    batches = [job.calibration.calib[i:i + 1] for i in range(16)]
+    plain = et._convert(job, model, batches[0], batches)
+    convs = [n.name for n in plain.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    second = convs[1]
+    forced = et._convert(job, model, batches[0], batches, frozenset({second}))
+    assert int8_fed_weighted(forced, {second}) == {second}  # the refused pattern, before the fix
+    assert int8_fed_weighted(plain, {second}) == set()  # quantised: its weight is int8 too, not reported
+
+    def choose(job, model, converted, batches):  # the sensitivity ranking's choice, fixed
+        job.notes["int8_fallback"] = {"tensors": [second], "nodes": [second], "candidates": 3, "error_int8": 1.0,
+                                      "seconds": 0.0}
+        with torch.no_grad():
+            return frozenset({second}), batches[:2], torch.cat([model(b) for b in batches[:2]])
+
+    monkeypatch.setattr(et, "_fallback", choose)
+    converted = et._quantize(job, model, batches[0])
+    assert job.notes["int8_fallback"]["int8_fed_kept_int8"] == [second]
+    assert job.notes["int8_fallback"]["nodes"] == [] and int8_fed_weighted(converted, {second}) == set()
+    path = et.build_pte(job, tmp_path / "pad_int8.pte")
+    x = torch.randn(1, 3, 8, 8)
+    from edgezoo.export import get_format
+
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95
