@@ -15,12 +15,13 @@ __all__ = ["add_parsers", "cmd_bench"]
 def _ints(text: str | None, flag: str) -> list[int]:
     from edgezoo.errors import InvalidArgumentError
 
+    example = f"{flag} {'128,256,512' if flag == '--sizes' else '1,32'}"
     try:
         values = [int(v) for v in (text or "").split(",") if v.strip()]
     except ValueError:
-        raise InvalidArgumentError(f"{flag} takes comma-separated integers, e.g. {flag} 1,32; got {text!r}") from None
+        raise InvalidArgumentError(f"{flag} takes comma-separated integers, e.g. {example}; got {text!r}") from None
     if not values:
-        raise InvalidArgumentError(f"{flag} is empty: give comma-separated integers, e.g. {flag} 1,32")
+        raise InvalidArgumentError(f"{flag} is empty: give comma-separated integers, e.g. {example}")
     return values
 
 
