@@ -193,13 +193,14 @@ def _untie_weights(graph: torch.fx.GraphModule) -> int:
     and then refuses at load time ("Failed to create convolution node ... xnn_status_invalid_parameter").
     With its own copies each conv is int8. Returns the number of copies made.
     """
-    weighted = {torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}
+    from edgezoo.export.pt2e_fallback import WEIGHTED_OPS
+
     params = dict(graph.named_parameters())
     count = 0
     for node in list(graph.graph.nodes):
         if node.op != "get_attr":
             continue
-        uses = [(u, i) for u in node.users if u.op == "call_function" and u.target in weighted
+        uses = [(u, i) for u in node.users if u.op == "call_function" and u.target in WEIGHTED_OPS
                 for i in (1, 2) if len(u.args) > i and u.args[i] is node]
         for user, index in uses[1:]:
             count += 1

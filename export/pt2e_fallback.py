@@ -28,7 +28,12 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["Switchboard", "activation_dequants", "float_node_names", "int8_fed_weighted", "logit_error", "run_all"]
+__all__ = ["WEIGHTED_OPS", "Switchboard", "activation_dequants", "float_node_names", "int8_fed_weighted",
+           "logit_error", "run_all"]
+
+#: the ATen ops of a captured graph that read a weight (and a bias) the XNNPACK quantizer quantises
+WEIGHTED_OPS = frozenset({torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
+                          torch.ops.aten.linear.default, torch.ops.aten.convolution.default})
 
 
 def _is(node: Node, name: str) -> bool:
@@ -82,15 +87,11 @@ def int8_fed_weighted(graph: GraphModule, names: Sequence[str] | frozenset[str])
     refuses the float weight ("Weight and Input should both be quantized": EfficientViT-M0 at 128 px).
     Such an op cannot compute in float here, so it is quantised like the rest.
     """
-    weighted = {torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.linear.default,
-                torch.ops.aten.convolution.default}
-
-
     def dequantized(arg: Any) -> bool:
         return isinstance(arg, Node) and any(_is(arg, d) for d in ("dequantize_per_tensor", "dequantize_per_channel"))
 
     return {n.name for n in graph.graph.nodes
-            if n.name in names and n.op == "call_function" and n.target in weighted and len(n.args) > 1
+            if n.name in names and n.op == "call_function" and n.target in WEIGHTED_OPS and len(n.args) > 1
             and dequantized(n.args[0]) and not dequantized(n.args[1])}
 
 
