@@ -29,7 +29,7 @@ import torch
 
 from edgezoo.errors import InvalidArgumentError
 from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, parse_bool, register_format
-from edgezoo.export.quantize import SCHEMES, int8_session, parse_fallback
+from edgezoo.export.quantize import ACTIVATIONS, SCHEMES, int8_session, parse_fallback
 
 __all__ = ["DEFAULT_OPSET", "OnnxFormat", "build_onnx", "export_graph", "ort_session", "session_options"]
 
@@ -342,6 +342,9 @@ class OnnxFormat(Format):
         "opset": Option(DEFAULT_OPSET, "ONNX opset", choices=tuple(range(18, 24)), type=int),
         "int8_scheme": Option("full", "int8 QDQ placement: " + "; ".join(f"{k}: {v}" for k, v in SCHEMES.items()),
                               choices=tuple(SCHEMES)),
+        "int8_activations": Option("u8", "int8 activation type: "
+                                   + "; ".join(f"{k}: {v}" for k, v in ACTIVATIONS.items()),
+                                   choices=tuple(ACTIVATIONS)),
         "plugins": Option(False, "write the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo; fp32 only); "
                                  "gated with their reference semantics", choices=(False, True), type=parse_bool),
         "int8_fallback": Option("auto", "int8: activations left float by sensitivity on the calibration images: "

@@ -409,6 +409,42 @@ def test_cli_compare_timm_torch(tmp_path, capsys) -> None:
     assert "x efficientvit_m0" in capsys.readouterr().out
 
 
+def test_cli_merge_adds_records_and_replaces_a_remeasured_one(tmp_path, capsys) -> None:
+    """``--merge`` keeps the report's records, adds the new ones, replaces one measured again (in place),
+    and notes the merged run; a report from another machine or no --json is refused in one line."""
+    out = tmp_path / "res"
+    base = ["bench", SMALL, "--runtime", "torch", "--img-size", "32", "--runs", "3", "--warmup", "1", "--threads", "1",
+            "--json", f"{out}/", "-q"]
+    assert main([*base, "--batch", "1,2"]) == 0
+    path = next(out.glob("*.json"))
+    first = json.loads(path.read_text())
+    assert main([*base, "--batch", "2,3", "--merge"]) == 0
+    merged = json.loads(path.read_text())
+    validate_report(merged)
+    assert [r["batch"] for r in merged["records"]] == [1, 2, 3]
+    assert merged["records"][0] == first["records"][0]  # untouched
+    assert merged["records"][1]["latency_ms"] != first["records"][1]["latency_ms"]  # batch 2 timed again
+    assert merged["started"] == first["started"]
+    (run,) = merged["merged_runs"]
+    assert run["batches"] == [2, 3] and run["records"] == 2 and "--merge" in run["note"]
+    assert main([*base, "--batch", "1"]) == 0  # without --merge the file is this run's alone
+    assert [r["batch"] for r in json.loads(path.read_text())["records"]] == [1]
+
+    capsys.readouterr()
+    other = json.loads(path.read_text())
+    other["fingerprint"]["id"] = "another-machine"
+    for r in other["records"]:
+        r["fingerprint"] = "another-machine"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(other))
+    assert "holds fingerprint another-machine" in _error(capsys, [*base[:-3], "--json", str(foreign), "-q",
+                                                                  "--merge"])
+    assert "add --json" in _error(capsys, [*base[:-3], "--merge"])
+    junk = tmp_path / "junk.json"
+    junk.write_text("{}")
+    assert "is not a benchmark report" in _error(capsys, [*base[:-3], "--json", str(junk), "--merge"])
+
+
 @pytest.mark.slow
 def test_cli_compare_timm_ort(tmp_path) -> None:
     """Both models through the same ONNX exporter and onnxruntime."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ from edgezoo.export.tensorrt import (
     read_engine,
     unpack_engine,
 )
-from tests.util import calibrate_bn_
+from tests.util import activation_zero_points, calibrate_bn_
 
 MODEL = "ez_efficientvit_b0"
 SIZE = 64
@@ -503,6 +504,8 @@ def test_fake_convert_int8_pins_policy_layers(int8: Built) -> None:
     meta, plan = read_engine(int8.engine)
     assert plan == b"FAKE-PLAN" and meta == json.loads(json.dumps(job.metadata))
     assert int8.engine.name == f"{MODEL}_int8.engine"
+    # TensorRT's explicit quantisation takes symmetric int8 activations only, whatever the ONNX default
+    assert activation_zero_points(int8.onnx) == {(onnx.TensorProto.INT8, 0)}
 
 
 def test_fake_convert_fp16_pins_policy_layers(fp32: Built, src: Any, tmp_path: Path,

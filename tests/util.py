@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -57,3 +59,16 @@ def calibrate_bn_(model: nn.Module, size: int = 64, batches: int = 4, seed: int 
     for m in bns:
         m.momentum = 0.1
     return model.eval()
+
+
+def activation_zero_points(path: Path | str) -> set[tuple[int, int]]:
+    """``(dtype, value)`` of every QuantizeLinear zero point in an ONNX file: the activations' (a QDQ
+    graph stores its weights quantised, behind a DequantizeLinear only)."""
+    import numpy as np
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    zps = [n.input[2] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    return {(types[z], int(v)) for z in zps for v in np.unique(inits[z])}

@@ -173,6 +173,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["edgezoo", *(sys.argv[1:] if argv is None else argv)])  # what a report records
     try:
         return int(args.func(args) or 0)
     except EdgezooError as err:

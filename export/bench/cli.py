@@ -64,11 +64,38 @@ def _outputs(args: argparse.Namespace, report: dict) -> None:
         print(f"cost curve: {cost_curve_png(report, output_path(args.curve, report, suffix, '.png'))}")
 
 
+def _merge_base(args: argparse.Namespace, suffix: str, threads: int) -> dict | None:
+    """``--merge``: the report ``--json`` names (a folder: this machine's), read before the run; None without
+    ``--merge`` or when there is no such file yet."""
+    from pathlib import Path
+
+    from edgezoo.errors import InvalidArgumentError
+    from edgezoo.export.bench.fingerprint import fingerprint
+    from edgezoo.export.bench.report import load_report, output_path
+
+    if not args.merge:
+        return None
+    if not args.json:
+        raise InvalidArgumentError("--merge adds this run's records to the report --json names: add --json FILE|FOLDER")
+    here = fingerprint(threads, measure=False)
+    path = output_path(args.json, {"fingerprint": here}, suffix)
+    if not Path(path).exists():
+        return None
+    try:
+        old = load_report(path)
+    except (ValueError, OSError) as err:
+        raise InvalidArgumentError(f"--merge: {path} is not a benchmark report ({err}): name another --json") from None
+    if old["fingerprint"]["id"] != here["id"]:  # checked before the run, not at its first save
+        raise InvalidArgumentError(f"--merge: {path} holds fingerprint {old['fingerprint']['id']}, this machine is "
+                                   f"{here['id']}: write to another file (or folder)")
+    return old
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgezoo.errors import InvalidArgumentError
     from edgezoo.export.bench import Protocol, bench, parse_runtimes
     from edgezoo.export.bench.plot import read_accuracy
-    from edgezoo.export.bench.report import output_path, save_report, table
+    from edgezoo.export.bench.report import merge_reports, output_path, save_report, table
     from edgezoo.export.bench.run import check_threads
 
     if args.list_runtimes:
@@ -89,9 +116,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     suffix = "-timm" if args.compare_timm else "-sizes" if args.sizes else ""
 
+    base = _merge_base(args, suffix, threads)
+
+    def merged(partial: dict) -> dict:
+        return merge_reports(base, partial, note=getattr(args, "command_line", "")) if base else partial
+
     def save_so_far(partial: dict) -> None:
-        if args.json:
-            save_report(partial, output_path(args.json, partial, suffix))
+        if args.json:  # with --merge the old records stay in the file at every save
+            save_report(merged(partial), output_path(args.json, partial, suffix))
     report = bench(_sources(args), runtimes, batches=batches, threads=threads, img_sizes=sizes, protocol=protocol,
                    compare_timm=args.compare_timm, agree=args.agree, calib=args.calib, work_dir=args.work,
                    model=args.model, progress=not args.quiet, log=log if args.verbose else (lambda m: None),
@@ -102,7 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from edgezoo.export.bench.op_profile import op_profile_table
 
         print("\n" + (op_profile_table(report) or "--op-profile: no ort / ort-int8 records were timed"))
-    _outputs(args, report)
+    _outputs(args, merged(report))
     return 1 if any(r["status"] == "failed" for r in report["records"]) else 0
 
 
@@ -139,6 +171,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="top-1 agreement with PyTorch on N held-out --calib images, batch-1 records (default 0: off)")
     p.add_argument("--calib", default="digits", help="int8 calibration and --agree images: digits or a folder")
     p.add_argument("--json", help="write the report here (a folder: <folder>/<fingerprint>[-timm|-sizes].json)")
+    p.add_argument("--merge", action="store_true",
+                   help="add this run's records to the existing --json report of this machine (a record measured "
+                        "again replaces the old one) instead of overwriting it")
     p.add_argument("--plot", help="draw the Pareto chart (latency against MACs, or --accuracy) as PNG here")
     p.add_argument("--accuracy", help="results CSV/JSON with model and top1 (e.g. edgezoo validate --json)")
     p.add_argument("--curve", help="with --sizes: draw latency against input pixels as PNG here "

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUSES", "load_report", "output_path", "save_report", "table", "validate_report"]
+__all__ = ["STATUSES", "load_report", "merge_reports", "output_path", "save_report", "table", "validate_report"]
 
 STATUSES = ("ok", "absent", "failed")
 
@@ -82,6 +82,33 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     report = json.loads(Path(path).read_text())
     validate_report(report)
     return report
+
+
+def _key(rec: dict[str, Any]) -> tuple:
+    """What one record measured: the same key in two runs is the same measurement, timed twice."""
+    return (rec["model"], rec["runtime"], rec["precision"], rec["batch"], rec["img_size"], rec.get("role"),
+            rec.get("source"))
+
+
+def merge_reports(old: dict[str, Any], new: dict[str, Any], note: str = "") -> dict[str, Any]:
+    """``old`` with ``new``'s records added (``edgezoo bench --merge``): a record that measured the same
+    model x runtime x precision x batch x size again replaces the old one, in place; the others are
+    appended. ``old``'s own run stays the report's header; ``new``'s (when, load, protocol, and
+    ``note``) is appended to ``merged_runs``. Both must come from one machine (one fingerprint id).
+    """
+    from edgezoo.errors import InvalidArgumentError
+
+    if old["fingerprint"]["id"] != new["fingerprint"]["id"]:
+        raise InvalidArgumentError(f"--merge: the report holds fingerprint {old['fingerprint']['id']}, this machine "
+                                   f"is {new['fingerprint']['id']}: write to another file (or folder)")
+    fresh = {_key(r): r for r in new["records"]}
+    records = [fresh.pop(_key(r), r) for r in old["records"]]
+    run = {k: new[k] for k in ("started", "finished", "protocol", "load_average_1min") if k in new}
+    run["batches"] = sorted({r["batch"] for r in new["records"]})
+    run["records"] = len(new["records"])
+    if note:
+        run["note"] = note
+    return {**old, "records": records + list(fresh.values()), "merged_runs": [*old.get("merged_runs", []), run]}
 
 
 def _cell(rec: dict[str, Any]) -> list[str]:
