@@ -10,8 +10,12 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
   the batch dims already agree): removed (ExecuTorch's own ``RemoveNoopExpandCopyPass``);
 * ``split_with_sizes_copy`` (``Tensor.split``): one ``slice_copy`` per piece, in float graphs only:
   on an int8 tensor the slices are delegated and the program then fails at run time ("Failed to
-  resize output tensor for XNNExecutor"; SHViT-S1 and FocalNet edge-XS, ExecuTorch 1.5.1), so a
-  quantised split stays a portable op;
+  resize output tensor for XNNExecutor"; SHViT-S1 and FocalNet edge-XS, ExecuTorch 1.5.1; on
+  EfficientViT-M0 it runs but returns constant logits), so a quantised split stays a portable op.
+  EfficientViT-M0's int8 program keeps 21 of them between 22 delegates; computing each head's q, k
+  and v with its own conv instead (zero-padded weights over the input and the previous head's
+  output) made it one delegate, but no faster (128 px, digits weights: p50 0.97 vs 0.96 ms, min 0.65
+  vs 0.55 ms; session 11), so the model keeps its splits;
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 

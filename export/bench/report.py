@@ -93,8 +93,9 @@ def _key(rec: dict[str, Any]) -> tuple:
 def merge_reports(old: dict[str, Any], new: dict[str, Any], note: str = "") -> dict[str, Any]:
     """``old`` with ``new``'s records added (``edgezoo bench --merge``): a record that measured the same
     model x runtime x precision x batch x size again replaces the old one, in place; the others are
-    appended. ``old``'s own run stays the report's header; ``new``'s (when, load, protocol, and
-    ``note``) is appended to ``merged_runs``. Both must come from one machine (one fingerprint id).
+    appended. ``old``'s own run stays the report's header; ``new``'s (when, load, protocol, its matmul
+    figure and versions, and ``note``) is appended to ``merged_runs``. Both must come from one machine
+    (one fingerprint id).
     """
     from edgezoo.errors import InvalidArgumentError
 
@@ -105,6 +106,8 @@ def merge_reports(old: dict[str, Any], new: dict[str, Any], note: str = "") -> d
     records = [fresh.pop(_key(r), r) for r in old["records"]]
     run = {k: new[k] for k in ("started", "finished", "protocol", "load_average_1min") if k in new}
     run["batches"] = sorted({r["batch"] for r in new["records"]})
+    fp = new["fingerprint"]
+    run["fingerprint"] = {k: fp[k] for k in ("matmul_gflops_fp32", "versions") if k in fp}
     run["records"] = len(new["records"])
     if note:
         run["note"] = note
