@@ -71,7 +71,7 @@ def _merge_base(args: argparse.Namespace, suffix: str, threads: int) -> dict | N
 
     from edgezoo.errors import InvalidArgumentError
     from edgezoo.export.bench.fingerprint import fingerprint
-    from edgezoo.export.bench.report import load_report, output_path
+    from edgezoo.export.bench.report import check_same_machine, load_report, output_path
 
     if not args.merge:
         return None
@@ -85,9 +85,7 @@ def _merge_base(args: argparse.Namespace, suffix: str, threads: int) -> dict | N
         old = load_report(path)
     except (ValueError, OSError) as err:
         raise InvalidArgumentError(f"--merge: {path} is not a benchmark report ({err}): name another --json") from None
-    if old["fingerprint"]["id"] != here["id"]:  # checked before the run, not at its first save
-        raise InvalidArgumentError(f"--merge: {path} holds fingerprint {old['fingerprint']['id']}, this machine is "
-                                   f"{here['id']}: write to another file (or folder)")
+    check_same_machine(old, here["id"], str(path))  # before the run, not at its first save
     return old
 
 

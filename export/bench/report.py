@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUSES", "load_report", "merge_reports", "output_path", "save_report", "table", "validate_report"]
+__all__ = ["STATUSES", "check_same_machine", "load_report", "merge_reports", "output_path", "save_report", "table",
+           "validate_report"]
 
 STATUSES = ("ok", "absent", "failed")
 
@@ -90,6 +91,15 @@ def _key(rec: dict[str, Any]) -> tuple:
             rec.get("source"))
 
 
+def check_same_machine(report: dict[str, Any], machine: str, where: str = "the report") -> None:
+    """Refuse (one line) to merge into ``report`` unless it was measured on fingerprint id ``machine``."""
+    from edgezoo.errors import InvalidArgumentError
+
+    if report["fingerprint"]["id"] != machine:
+        raise InvalidArgumentError(f"--merge: {where} holds fingerprint {report['fingerprint']['id']}, this machine "
+                                   f"is {machine}: write to another file (or folder)")
+
+
 def merge_reports(old: dict[str, Any], new: dict[str, Any], note: str = "") -> dict[str, Any]:
     """``old`` with ``new``'s records added (``edgezoo bench --merge``): a record that measured the same
     model x runtime x precision x batch x size again replaces the old one, in place; the others are
@@ -97,11 +107,7 @@ def merge_reports(old: dict[str, Any], new: dict[str, Any], note: str = "") -> d
     figure and versions, and ``note``) is appended to ``merged_runs``. Both must come from one machine
     (one fingerprint id).
     """
-    from edgezoo.errors import InvalidArgumentError
-
-    if old["fingerprint"]["id"] != new["fingerprint"]["id"]:
-        raise InvalidArgumentError(f"--merge: the report holds fingerprint {old['fingerprint']['id']}, this machine "
-                                   f"is {new['fingerprint']['id']}: write to another file (or folder)")
+    check_same_machine(old, new["fingerprint"]["id"])
     fresh = {_key(r): r for r in new["records"]}
     records = [fresh.pop(_key(r), r) for r in old["records"]]
     run = {k: new[k] for k in ("started", "finished", "protocol", "load_average_1min") if k in new}
