@@ -15,7 +15,7 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
   EfficientViT-M0's int8 program keeps 21 of them between 22 delegates; computing each head's q, k
   and v with its own conv instead (zero-padded weights over the input and the previous head's
   output) made it one delegate, but no faster (128 px, digits weights: p50 0.97 vs 0.96 ms, min 0.65
-  vs 0.55 ms; session 11), so the model keeps its splits;
+  vs 0.55 ms; session 11, a variant written by hand and not kept), so the model keeps its splits;
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 
