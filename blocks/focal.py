@@ -102,20 +102,32 @@ class FocalModulation(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, ctx, gates = torch.split(self.f(x), [self.dim, self.dim, self.focal_level + 1], dim=1)
+        q, ctx, gates = self._project(x)
         if use_kernels(self.kernel_mode, x):
+            gates = gates if isinstance(gates, torch.Tensor) else torch.cat(gates, dim=1)
             return self.proj_drop(self.proj(self.norm(q * self.h(self._aggregate_fused(ctx, gates)))))
+        gate = (lambda i: gates[i]) if isinstance(gates, list) else (lambda i: gates[:, i:i + 1])
         ctx_all = None
         for level, conv in enumerate(self.focal_layers):
             ctx = self.act(conv(ctx))
-            gated = ctx * gates[:, level:level + 1]
+            gated = ctx * gate(level)
             ctx_all = gated if ctx_all is None else ctx_all + gated
         ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
-        ctx_all = ctx_all + ctx_global * gates[:, self.focal_level:]
+        ctx_all = ctx_all + ctx_global * gate(self.focal_level)
         if self.normalize_modulator:
             ctx_all = ctx_all / (self.focal_level + 1)
         x = q * self.h(ctx_all)
         return self.proj_drop(self.proj(self.norm(x)))
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | list[torch.Tensor]]:
+        """Query, context and gates: ``f``'s output split in three, or, where ``f`` returns its pieces (the
+        ExecuTorch export's :class:`~edgezoo.export.xnnpack_rewrites.SplitPointwise`), query, context and one
+        gate map per level."""
+        out = self.f(x)
+        if isinstance(out, tuple):
+            q, ctx, *gates = out
+            return q, ctx, gates
+        return torch.split(out, [self.dim, self.dim, self.focal_level + 1], dim=1)
 
     def _aggregate_fused(self, ctx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """The context levels, then their gated sum with the global context in one fused op."""

@@ -12,6 +12,14 @@ runs with any set of activations bypassed (their consumers read ``t`` in float);
 relative squared logit error against the float model on a few *calibration* images (never the
 held-out images the parity gate measures).
 
+A bypass is scored as the fallback will build it: the ops around ``t`` are left unannotated, so a
+conv or linear among them that then reads a float input also gets its float weight back. That is
+where some of the error lives. In a stem conv on grayscale images replicated to RGB, the three
+input channels are identical, so each output channel's weights over R, G and B nearly cancel, and
+per-channel int8 weights lose most of what is left (digits-trained EfficientViT-B0 at 128 px: int8
+weights alone flip 2.5% of the held-out digits, 0.8% with the stem conv's weights float). With the
+weights switched too, the input image's activation ranks first and the stem computes in float.
+
 The chosen activations are then made float for real: the graph is quantised again with the op that
 produces each one and the ops that consume it left unannotated (:func:`float_node_names`), so
 XNNPACK receives an ordinary PT2E graph in which those ops run in fp32 and everything else int8.
@@ -28,12 +36,31 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["WEIGHTED_OPS", "Switchboard", "activation_dequants", "float_node_names", "int8_fed_weighted",
-           "logit_error", "run_all"]
+__all__ = ["FLOAT_WEIGHTS", "WEIGHTED_OPS", "Switchboard", "activation_dequants", "float_node_names",
+           "float_weights", "int8_fed_weighted", "logit_error", "run_all"]
 
 #: the ATen ops of a captured graph that read a weight (and a bias) the XNNPACK quantizer quantises
 WEIGHTED_OPS = frozenset({torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
                           torch.ops.aten.linear.default, torch.ops.aten.convolution.default})
+
+
+#: ``GraphModule.meta`` key of a converted graph's float weights (:func:`float_weights`)
+FLOAT_WEIGHTS = "edgezoo_float_weights"
+
+
+def float_weights(graph: GraphModule) -> dict[str, torch.Tensor]:
+    """``{op name: float weight}`` for the convs and linears of a captured graph, before it is prepared.
+
+    Preparing and converting keep the ops' names, so the map finds each int8 weight's float original
+    in the converted graph (stored there under ``graph.meta[FLOAT_WEIGHTS]``).
+    """
+    out = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target in WEIGHTED_OPS and len(node.args) > 1:
+            weight = node.args[1]
+            if isinstance(weight, Node) and weight.op == "get_attr":
+                out[node.name] = attrgetter(weight.target)(graph).detach().clone()
+    return out
 
 
 def _is(node: Node, name: str) -> bool:
@@ -148,16 +175,45 @@ class _Switch(nn.Module):
         return torch.fake_quantize_per_tensor_affine(t, self.scale, self.zero_point, self.qmin, self.qmax)
 
 
+class _WeightSwitch(nn.Module):
+    """A conv's or linear's weight: the float original when ``use_float`` is set, else its dequantised int8."""
+
+    def __init__(self, int8: torch.Tensor, float_: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("int8", int8)
+        self.register_buffer("float_", float_)
+        self.use_float = False
+
+    def forward(self) -> torch.Tensor:
+        return self.float_ if self.use_float else self.int8
+
+
+def _input_activation(node: Node) -> str | None:
+    """The activation a weighted op reads through a dequantize, or ``None`` when its input is float."""
+    dq = node.args[0]
+    if isinstance(dq, Node) and _is(dq, "dequantize_per_tensor"):
+        quant = dq.args[0]
+        if isinstance(quant, Node) and _is(quant, "quantize_per_tensor") and isinstance(quant.args[0], Node):
+            return quant.args[0].name
+    return None
+
+
 class Switchboard:
     """A copy of a converted PT2E graph in which every int8 activation can be bypassed at run time.
 
     ``error(floats)`` runs ``images`` (batches the graph takes) with the activations named in ``floats``
     bypassed and returns the logit error against ``reference`` (the float model's logits). Weights are
     dequantised once (:func:`_fold_constant_dequants`), each activation's quantize/dequantize pair is a
-    :class:`_Switch`.
+    :class:`_Switch`. Where the graph carries its float weights (``meta[FLOAT_WEIGHTS]``), each conv's
+    and linear's weight is a :class:`_WeightSwitch` too: float when the fallback of ``floats`` leaves the
+    op unannotated (:func:`float_node_names`) and its input is float, as the quantised-again graph has it.
     """
 
     def __init__(self, graph: GraphModule, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
+        originals = graph.meta.get(FLOAT_WEIGHTS, {})
+        self._around = {name: set(float_node_names(graph, [name])) for name in activation_dequants(graph)}
+        self._reads = {n.name: _input_activation(n) for n in graph.graph.nodes
+                       if n.op == "call_function" and n.target in WEIGHTED_OPS and n.name in originals}
         board = copy.deepcopy(graph)
         _fold_constant_dequants(board)
         self.switches: dict[str, list[_Switch]] = {}
@@ -174,6 +230,19 @@ class Switchboard:
                 with board.graph.inserting_after(dq):
                     node = board.graph.call_module(module, (value,))
                 dq.replace_all_uses_with(node)
+        self.weights: dict[str, _WeightSwitch] = {}
+        for node in list(board.graph.nodes):
+            weight = node.args[1] if node.name in self._reads else None
+            if not (isinstance(weight, Node) and weight.op == "get_attr"):
+                continue
+            int8 = attrgetter(weight.target)(board)
+            if int8.shape != originals[node.name].shape:
+                continue
+            self.weights[node.name] = _WeightSwitch(int8, originals[node.name].to(int8.dtype))
+            module = f"edgezoo_weight_{len(self.weights)}"
+            board.add_submodule(module, self.weights[node.name])
+            with board.graph.inserting_before(node):
+                node.args = (node.args[0], board.graph.call_module(module, ()), *node.args[2:])
         board.graph.eliminate_dead_code()
         board.graph.lint()
         board.recompile()
@@ -183,11 +252,19 @@ class Switchboard:
     def tensors(self) -> list[str]:
         return list(self.switches)
 
+    def float_weighted(self, floats: set[str]) -> set[str]:
+        """The convs and linears that compute with their float weights when ``floats`` are bypassed."""
+        around = set().union(*(self._around.get(t, set()) for t in floats))
+        return {op for op in self.weights if op in around and (self._reads[op] is None or self._reads[op] in floats)}
+
     @torch.no_grad()
     def error(self, floats: set[str]) -> float:
         for name, switches in self.switches.items():
             for switch in switches:
                 switch.use_float = name in floats
+        weighted = self.float_weighted(floats)
+        for op, switch in self.weights.items():
+            switch.use_float = op in weighted
         return logit_error(torch.cat([self.board(x) for x in self.images]), self.reference)
 
 

@@ -19,8 +19,13 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 
-LayerNorm stays in the portable kernels: written in XNNPACK's ops (its means as ``mean.dim`` over a
-``(rows, 1, C, 1)`` view) it measured slower, FocalNet edge-XS 0.40 -> 0.56 ms at 32 px.
+LayerNorm over channels (timm's ``LayerNorm2d``: FocalNet, MALA) has no XNNPACK op, and its portable
+kernel was 27% of FocalNet edge-XS at 128 px (21 norms, 0.34 of 1.27 ms int8; 0.35 of 1.41 ms fp32,
+ExecuTorch's profiler, session 12). :class:`ChannelLayerNorm` swaps each for the same function in ops
+XNNPACK takes, its two channel means as 1x1 convs with weights ``1/C`` (module level, before
+``torch.export``: the convs' weights are constants there). The whole fp32 model is then one delegate;
+session 11's form with the means as ``mean.dim`` over a ``(rows, 1, C, 1)`` view measured slower
+(0.40 -> 0.56 ms at 32 px), the conv form faster at 128 px (below, :func:`channel_layer_norms`).
 Measured at 32 px, 1 thread (EPYC): EfficientViT-M0 73 -> 1 delegates, 0.86 -> 0.72 ms, lowering
 40 -> 29 s; EfficientViT-B0 14 -> 6 delegates, 0.87 -> 0.71 ms; SHViT-S1 46 -> 10, FocalNet edge-XS
 31 -> 23 (both within noise of their latency). Outputs are unchanged (the same kernels on the same
@@ -31,14 +36,106 @@ The passes run in ``to_edge_transform_and_lower(transform_passes=...)``, before 
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["rewrite_passes"]
+__all__ = ["ChannelLayerNorm", "SplitPointwise", "channel_layer_norms", "rewrite_passes", "split_focal_projections",
+           "swap_modules"]
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of ``(B, C, H, W)`` (Ba et al., 2016) in ops XNNPACK delegates.
+
+    ``mean`` and the variance are 1x1 convs with weights ``1/C`` (one output channel), then
+    ``(x - mean) * rsqrt(var + eps) * weight + bias``: the two-pass variance of ``F.layer_norm``, so the
+    values agree to float rounding. The int8 export keeps every op inside it float, as it keeps a
+    native layer norm (:func:`edgezoo.export.executorch._float_nodes`).
+    """
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        (chans,) = norm.normalized_shape
+        self.eps = float(norm.eps)
+        self.register_buffer("average", torch.full((1, chans, 1, 1), 1.0 / chans))
+        affine = norm.weight is not None
+        self.register_buffer("weight", norm.weight.detach().reshape(1, -1, 1, 1).clone() if affine else None)
+        self.register_buffer("bias", norm.bias.detach().reshape(1, -1, 1, 1).clone()
+                             if getattr(norm, "bias", None) is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - F.conv2d(x, self.average)
+        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.average) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        return y + self.bias if self.bias is not None else y
+
+
+def channel_layer_norms(model: nn.Module) -> tuple[nn.Module, int]:
+    """``model`` with every timm ``LayerNorm2d`` as a :class:`ChannelLayerNorm`: a copy if there are any, else
+    ``model`` itself; and how many were swapped."""
+    from timm.layers import LayerNorm2d
+
+    names = [name for name, m in model.named_modules() if isinstance(m, LayerNorm2d)]
+    return swap_modules(model, names, lambda _, norm: ChannelLayerNorm(norm)), len(names)
+
+
+class SplitPointwise(nn.Module):
+    """A 1x1 conv whose output a block splits along channels, as one conv per piece (the same weights).
+
+    FocalNet's ``f`` projects to query, context and one gate per focal level in one conv; its int8
+    output cannot be split inside XNNPACK (see ``split_with_sizes_copy`` above), so each block cut the
+    program at a portable split, and query, context and gates shared one int8 scale. As pieces, every
+    output is a conv of its own in the delegate with its own scale (FocalNet edge-XS at 128 px,
+    digits weights: int8 agreement 99.7 -> 100%). :meth:`edgezoo.blocks.focal.FocalModulation._project`
+    takes the tuple.
+    """
+
+    def __init__(self, conv: nn.Conv2d, sizes: list[int]) -> None:
+        super().__init__()
+        if conv.kernel_size != (1, 1) or conv.groups != 1 or sum(sizes) != conv.out_channels:
+            raise ValueError(f"SplitPointwise splits an ungrouped 1x1 conv into pieces summing to its "
+                             f"{conv.out_channels} output channels, got {conv} and {sizes}")
+        self.pieces = nn.ModuleList()
+        start = 0
+        for size in sizes:
+            piece = nn.Conv2d(conv.in_channels, size, 1, bias=conv.bias is not None)
+            piece.weight.data.copy_(conv.weight.data[start:start + size])
+            if conv.bias is not None:
+                piece.bias.data.copy_(conv.bias.data[start:start + size])
+            self.pieces.append(piece)
+            start += size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(piece(x) for piece in self.pieces)
+
+
+def split_focal_projections(model: nn.Module) -> tuple[nn.Module, int]:
+    """``model`` with each FocalModulation's ``f`` as a :class:`SplitPointwise` (query, context, one gate
+    per level): a copy if there are any, else ``model``; and how many were split."""
+    from edgezoo.blocks.focal import FocalModulation
+
+    sizes = {f"{name}.f" if name else "f": [m.dim, m.dim] + [1] * (m.focal_level + 1)
+             for name, m in model.named_modules() if isinstance(m, FocalModulation) and isinstance(m.f, nn.Conv2d)}
+    return swap_modules(model, list(sizes), lambda name, conv: SplitPointwise(conv, sizes[name])), len(sizes)
+
+
+def swap_modules(model: nn.Module, names: list[str], make: Callable[[str, nn.Module], nn.Module]) -> nn.Module:
+    """A copy of ``model`` with each submodule in ``names`` replaced by ``make(name, it)`` (``model`` if none)."""
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, make(name, getattr(parent, child)))
+    return model
 
 
 def _ops() -> Any:

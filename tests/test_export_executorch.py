@@ -141,6 +141,80 @@ def test_native_gelu_swap_leaves_the_model_alone():
     assert et._native_gelu(plain, job) is plain
 
 
+def test_xnnpack_module_swaps_compute_the_same_function():
+    """FocalNet's channel LayerNorms and split projection become XNNPACK-friendly modules in a copy, with the
+    same outputs; the model itself keeps its modules."""
+    from timm.layers import LayerNorm2d
+
+    from edgezoo.blocks.focal import FocalModulation
+    from edgezoo.export.base import ExportJob
+    from edgezoo.export.xnnpack_rewrites import ChannelLayerNorm, SplitPointwise
+
+    torch.manual_seed(0)
+    model = edgezoo.fuse(timm.create_model("ez_focalnet_edge_xs").eval())
+    norms = sum(isinstance(m, LayerNorm2d) for m in model.modules())
+    blocks = sum(isinstance(m, FocalModulation) for m in model.modules())
+    job = ExportJob(model=model, name="m", input_size=(3, SIZE, SIZE), batch=1, dynamic=False, precision="fp32",
+                    options={}, metadata={}, work_dir=Path("."))
+    swapped = et._xnnpack_modules(model, job)
+    assert job.notes["channel_layer_norms"] == norms > 0 and job.notes["split_projections"] == blocks > 0
+    assert sum(isinstance(m, ChannelLayerNorm) for m in swapped.modules()) == norms
+    assert sum(isinstance(m, SplitPointwise) for m in swapped.modules()) == blocks
+    assert not any(isinstance(m, LayerNorm2d) for m in swapped.modules())
+    assert sum(isinstance(m, LayerNorm2d) for m in model.modules()) == norms  # the model is left as it is
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(x), model(x), rtol=1e-5, atol=1e-5)
+    # the norm on its own, with and without an affine, against F.layer_norm over channels
+    for affine in (True, False):
+        norm = LayerNorm2d(24, eps=1e-6, affine=affine)
+        if affine:
+            nn.init.normal_(norm.weight)
+            nn.init.normal_(norm.bias)
+        y = torch.randn(3, 24, 5, 7) * 4 + 2
+        torch.testing.assert_close(ChannelLayerNorm(norm)(y), norm(y), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="ungrouped 1x1 conv"):
+        SplitPointwise(nn.Conv2d(4, 6, 3), [3, 3])
+
+
+class _ChannelNormNet(nn.Module):
+    """conv -> LayerNorm over channels -> conv: the norm must stay float in int8 and inside the delegate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import LayerNorm2d
+
+        self.stem, self.norm, self.conv = nn.Conv2d(3, 16, 3, padding=1), LayerNorm2d(16), nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(self.norm(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_channel_layer_norm_is_delegated_and_float(precision: str, tmp_path: Path):
+    from edgezoo.export.base import ExportJob
+    from edgezoo.export.calib import CalibrationSet
+
+    torch.manual_seed(0)
+    model = _ChannelNormNet().eval()
+    job = ExportJob(model=model, name="norm", input_size=(3, 8, 8), batch=1, dynamic=False, precision=precision,
+                    options={"int8_fallback": 0}, metadata={}, work_dir=tmp_path)
+    job.calibration = CalibrationSet(torch.randn(16, 3, 8, 8), torch.randn(4, 3, 8, 8), "random")
+    path = et.build_pte(job, tmp_path / f"norm_{precision}.pte")
+    assert job.notes["channel_layer_norms"] == 1
+    assert job.notes["delegates"] == 1 and job.notes["non_delegated_ops"] == 0, job.notes["non_delegated"]
+    x = torch.randn(1, 3, 8, 8)
+    out = get_format("executorch").run(path, x.numpy(), job)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    if precision == "fp32":
+        assert abs(out - ref).max() <= 1e-5 * max(abs(ref).max(), 1.0)
+    else:  # the norm's two mean convs, its rsqrt and its arithmetic are float, not annotated int8
+        assert job.notes["float_ops"]["conv2d"] == 2 and job.notes["float_ops"]["rsqrt"] == 1, job.notes["float_ops"]
+        assert abs(out - ref).max() <= 0.1 * abs(ref).max()
+
+
 class _PadThenWindows(nn.Module):
     """conv, zero pad, 6-D window partition (view, permute, reshape), conv: CGA's windowing in small."""
 

@@ -134,16 +134,20 @@ def test_a_float_conv_on_an_int8_input_is_quantised_after_all(tmp_path: Path, mo
     assert int8_fed_weighted(forced, {second}) == {second}  # the refused pattern, before the fix
     assert int8_fed_weighted(plain, {second}) == set()  # quantised: its weight is int8 too, not reported
 
+    assert second in activation_dequants(plain)  # the conv's output: choosing it leaves the conv float
+
     def choose(job, model, converted, batches):  # the sensitivity ranking's choice, fixed
-        job.notes["int8_fallback"] = {"tensors": [second], "nodes": [second], "candidates": 3, "error_int8": 1.0,
-                                      "seconds": 0.0}
+        from edgezoo.export.int8_fallback import Fallback
+
+        fb = Fallback(tensors=[second], ranked=[(second, 1.0)], candidates=3, error_int8=1.0)
         with torch.no_grad():
-            return frozenset({second}), batches[:2], torch.cat([model(b) for b in batches[:2]])
+            return fb, batches[:2], torch.cat([model(b) for b in batches[:2]])
 
     monkeypatch.setattr(et, "_fallback", choose)
     converted = et._quantize(job, model, batches[0])
-    assert job.notes["int8_fallback"]["int8_fed_kept_int8"] == [second]
-    assert job.notes["int8_fallback"]["nodes"] == [] and int8_fed_weighted(converted, {second}) == set()
+    notes = job.notes["int8_fallback"]
+    assert notes["int8_fed_kept_int8"] == [second] and second not in notes["nodes"]
+    assert int8_fed_weighted(converted, {second}) == set()
     path = et.build_pte(job, tmp_path / "pad_int8.pte")
     x = torch.randn(1, 3, 8, 8)
     from edgezoo.export import get_format
@@ -152,3 +156,69 @@ def test_a_float_conv_on_an_int8_input_is_quantised_after_all(tmp_path: Path, mo
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+def test_a_bypassed_input_scores_its_consumers_float_weights(tmp_path: Path) -> None:
+    """Bypassing an activation also gives the convs that then read it in float their float weights, as the
+    graph quantised again has them: the board equals the converted graph with the pair removed and the
+    stem conv's dequantised weight replaced by the original."""
+    from edgezoo.export.pt2e_fallback import FLOAT_WEIGHTS
+
+    model, job, batches = _job(tmp_path)
+    converted = et._convert(job, model, batches[0], batches)
+    with torch.no_grad():
+        reference = torch.cat([model(b) for b in batches])
+    board = Switchboard(converted, batches, reference)
+    stem = next(n for n in converted.graph.nodes if n.target == torch.ops.aten.conv2d.default)
+    x = stem.args[0].args[0].args[0].name  # conv <- dequantize <- quantize <- the input
+    assert board.float_weighted({x}) == {stem.name}
+    assert torch.equal(converted.meta[FLOAT_WEIGHTS][stem.name], model.stem.weight)
+    expected = copy.deepcopy(converted)
+    for dq in activation_dequants(expected)[x]:
+        dq.replace_all_uses_with(dq.args[0].args[0])
+    conv = next(n for n in expected.graph.nodes if n.name == stem.name)
+    expected.register_buffer("float_stem", model.stem.weight.detach().clone())
+    with expected.graph.inserting_before(conv):
+        conv.args = (conv.args[0], expected.graph.get_attr("float_stem"), *conv.args[2:])
+    expected.graph.eliminate_dead_code()
+    expected.recompile()
+    assert board.error({x}) == pytest.approx(logit_error(run_all(expected, batches), reference), rel=1e-5)
+    # the weight alone matters: int8 weights on a float input would score differently
+    only_pairs = copy.deepcopy(converted)
+    for dq in activation_dequants(only_pairs)[x]:
+        dq.replace_all_uses_with(dq.args[0].args[0])
+    only_pairs.graph.eliminate_dead_code()
+    only_pairs.recompile()
+    assert board.error({x}) != pytest.approx(logit_error(run_all(only_pairs, batches), reference), rel=1e-3)
+
+
+def test_auto_adds_the_next_ranked_activation_while_the_graph_made_misses_the_target(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """``auto`` measures the graph it builds: a first choice that does not halve the real error is joined by
+    the next ranked activation, and the notes report the graph kept."""
+    from edgezoo.export.int8_fallback import TARGET, Fallback
+
+    model, job, batches = _job(tmp_path)
+    plain = et._convert(job, model, batches[0], batches)
+    with torch.no_grad():
+        reference = torch.cat([model(b) for b in batches])
+    board = Switchboard(plain, batches, reference)
+    base = board.error(set())
+    gains = sorted(((base - board.error({t})) / base, t) for t in board.tensors)
+    useless, best = gains[0][1], gains[-1][1]
+
+    def real(tensors: list[str]) -> float:
+        made = et._requantize(job, model, batches[0], batches, frozenset(float_node_names(plain, tensors)))[0]
+        return logit_error(run_all(made, batches), reference)
+
+    assert real([useless]) > TARGET * base >= real([useless, best])  # the case this test is about
+
+    def ranked_badly(job, model, converted, batches):  # a ranking that puts the useless activation first
+        fb = Fallback(tensors=[useless], ranked=[(useless, 0.9), (best, 0.5)], candidates=40, error_int8=base)
+        return fb, batches, reference
+
+    monkeypatch.setattr(et, "_fallback", ranked_badly)
+    et._quantize(job, model, batches[0])
+    notes = job.notes["int8_fallback"]
+    assert notes["tensors"] == [useless, best]
+    assert notes["error_after"] == pytest.approx(real([useless, best]), rel=1e-6)

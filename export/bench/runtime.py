@@ -14,6 +14,7 @@ exporters' gates' runtimes; a benchmark is the last step of the export pipeline.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -33,6 +34,29 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 class BenchFailure(RuntimeError):
     """A runtime could not produce or run the artifact (the export failed its gate, the runtime raised...)."""
+
+
+@functools.cache
+def _code_digest() -> str:
+    """sha256 of the code that decides what an export writes: the exporters and the blocks (outside the benchmark).
+
+    A file made before an exporter or a block changed is stale even with the same weights and settings
+    (session 12's ExecuTorch rewrites changed FocalNet's program, not its version string).
+    """
+    import hashlib
+
+    import edgezoo.blocks
+    import edgezoo.export
+    import edgezoo.kernels
+
+    h = hashlib.sha256()
+    for package in (edgezoo.export, edgezoo.blocks, edgezoo.kernels):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            if "bench" not in path.relative_to(root).parts:
+                h.update(str(path.relative_to(root)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 class Artifacts:
@@ -74,7 +98,7 @@ class Artifacts:
         effective = {**{k: o.default for k, o in get_format(fmt).options.items()}, **options}
         settings = repr((self._model_digest, type(self.src.model).__name__, self.src.name, tuple(self.src.input_size),
                          fmt, precision, batch, sorted(effective.items()), self.calib, self.calib_size,
-                         getattr(edgezoo, "__version__", ""), torch.__version__))
+                         getattr(edgezoo, "__version__", ""), torch.__version__, _code_digest()))
         return hashlib.sha256(settings.encode()).hexdigest()
 
     def get(self, fmt: str, precision: str, batch: int, **options: Any) -> Path:
