@@ -136,15 +136,16 @@ def quantize_qdq(fp32_path: Path, job: ExportJob) -> Any:
     proto = onnx.load(str(out))
     for p in (pre, out):
         p.unlink(missing_ok=True)
-    proto = _fallback(proto, job)
+    proto = _fallback(proto, job, pre_proto)
     q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     job.log(f"{job.name}: int8 QDQ graph ({scheme}, {activations} activations) with {q} quantised tensors; "
             f"{len(job.notes['float_nodes'])} node(s) left float")
     return proto
 
 
-def _fallback(proto: Any, job: ExportJob) -> Any:
-    """Apply the ``int8_fallback`` option: bypass the most sensitive activations (figures in ``job.notes``)."""
+def _fallback(proto: Any, job: ExportJob, fp32: Any) -> Any:
+    """Apply the ``int8_fallback`` option: bypass the most sensitive activations (figures in ``job.notes``); the
+    convs and matmuls that then read a float input get their float weights from ``fp32``, the graph quantised."""
     import torch
 
     from edgezoo.export.int8_fallback import bypass, choose_fallback
@@ -157,12 +158,12 @@ def _fallback(proto: Any, job: ExportJob) -> Any:
     with torch.inference_mode():
         reference = torch.cat([job.model(x) for x in batches]).numpy()
     fb = choose_fallback(proto, [x.numpy() for x in batches], reference,
-                         None if setting == "auto" else setting, log=job.log)
+                         None if setting == "auto" else setting, log=job.log, fp32=fp32)
     job.notes["int8_fallback"] = fb.as_notes()
     job.notes["float_nodes"] = [*job.notes["float_nodes"], *fb.nodes]
     job.log(f"{job.name}: int8 fallback kept {len(fb.tensors)} of {fb.candidates} activations float "
             f"(logit error {fb.error_int8:.3g} -> {fb.error_after:.3g}, {fb.seconds:.0f} s)")
-    return bypass(proto, set(fb.tensors))[0] if fb.tensors else proto
+    return bypass(proto, set(fb.tensors), fp32)[0] if fb.tensors else proto
 
 
 def reference_session(proto: Any) -> Any:

@@ -19,19 +19,26 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 
-LayerNorm over channels (timm's ``LayerNorm2d``: FocalNet, MALA) has no XNNPACK op, and its portable
-kernel was 27% of FocalNet edge-XS at 128 px (21 norms, 0.34 of 1.27 ms int8; 0.35 of 1.41 ms fp32,
-ExecuTorch's profiler, session 12). :class:`ChannelLayerNorm` swaps each for the same function in ops
-XNNPACK takes, its two channel means as 1x1 convs with weights ``1/C`` (module level, before
-``torch.export``: the convs' weights are constants there). The whole fp32 model is then one delegate;
-session 11's form with the means as ``mean.dim`` over a ``(rows, 1, C, 1)`` view measured slower
-(0.40 -> 0.56 ms at 32 px), the conv form faster at 128 px (below, :func:`channel_layer_norms`).
 Measured at 32 px, 1 thread (EPYC): EfficientViT-M0 73 -> 1 delegates, 0.86 -> 0.72 ms, lowering
 40 -> 29 s; EfficientViT-B0 14 -> 6 delegates, 0.87 -> 0.71 ms; SHViT-S1 46 -> 10, FocalNet edge-XS
 31 -> 23 (both within noise of their latency). Outputs are unchanged (the same kernels on the same
 values; tests/test_export_executorch.py compares them).
 
 The passes run in ``to_edge_transform_and_lower(transform_passes=...)``, before partitioning.
+
+Two more refusals are fixed at module level, before ``torch.export`` (constants such as a conv's
+weights can be made there, not in an edge pass), by :func:`edgezoo.export.executorch._xnnpack_modules`:
+
+* LayerNorm over channels (timm's ``LayerNorm2d``: FocalNet, MALA) has no XNNPACK op, and its
+  portable kernel was 27% of FocalNet edge-XS at 128 px (21 norms: 0.34 of 1.27 ms int8, 0.35 of
+  1.41 ms fp32; ExecuTorch's profiler, session 12). :class:`ChannelLayerNorm` is the same function
+  with its two channel means as 1x1 convs of weight ``1/C``. An earlier form, with the means as
+  ``mean.dim`` over a ``(rows, 1, C, 1)`` view, measured slower (0.40 -> 0.56 ms at 32 px); the conv
+  form is faster at both sizes (session 12, digits weights, one run: 128 px fp32 1.83 -> 1.25 ms,
+  32 px 0.285 -> 0.251 ms);
+* FocalNet's int8 split of its projection (above): :class:`SplitPointwise`.
+
+With both, FocalNet edge-XS lowers to one delegate with no portable op, fp32 and int8.
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ def main() -> int:
                                                      "(writes <fingerprint>-digits-<S>px.json)")
     parser.add_argument("--sequential", action="store_true",
                         help="time the runtimes one after another instead of interleaved")
+    parser.add_argument("--merge", action="store_true",
+                        help="add this run's records to this machine's report instead of replacing it "
+                             "(a record measured again replaces the old one: edgezoo bench --merge)")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--checkpoints", nargs="+", help="digits-trained checkpoints to time instead of the rows' "
                                                          "(e.g. edgezoo demo's demo-out/runs/*/best.pth)")
@@ -58,18 +61,34 @@ def main() -> int:
         return 0
 
     from edgezoo.export.bench import Protocol, bench, parse_runtimes
-    from edgezoo.export.bench.report import output_path, save_report, table
+    from edgezoo.export.bench.fingerprint import fingerprint
+    from edgezoo.export.bench.report import (
+        check_same_machine,
+        load_report,
+        merge_reports,
+        output_path,
+        save_report,
+        table,
+    )
 
     target, suffix = args.json, f"-digits-{args.img_size}px" if args.img_size else "-digits"
+    base = None
+    if args.merge:
+        machine = fingerprint(args.threads, measure=False)
+        here = output_path(target, {"fingerprint": machine}, suffix)
+        base = load_report(here) if here.exists() else None
+        if base is not None:
+            check_same_machine(base, machine["id"], str(here))
 
     def save(report: dict) -> None:
+        report = merge_reports(base, report, note=" ".join(sys.argv)) if base else report
         save_report(report, output_path(target, report, suffix))
 
     report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=Protocol(runs=args.runs),
                    agree=360, calib="digits", on_progress=save,  # every held-out digit
                    work_dir=args.work / "bench-artifacts", interleave_runtimes=not args.sequential)
     save(report)
-    print(table(report))
+    print(table(merge_reports(base, report) if base else report))
     print(f"JSON: {output_path(target, report, suffix)}")
     return 0
 
