@@ -13,6 +13,7 @@ report that machine has none of is taken from the newest machine that has one (i
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -26,8 +27,9 @@ _SUFFIXES = ("", "-timm", "-sizes", "-digits")
 def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], str | None]:
     from edgezoo.export.bench.report import load_report
 
-    mains = [p for p in folder.glob("*.json")
-             if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits-\d+px$", p.stem)]
+    mains = [p for p in folder.glob("*.json")  # scripts' own JSON (int8_activations.py) is not a report
+             if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits-\d+px$", p.stem)
+             and "schema" in json.loads(p.read_text())]
     if fingerprint is None:
         if not mains:
             raise SystemExit(f"no benchmark reports in {folder}: run make bench")
