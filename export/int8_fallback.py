@@ -108,6 +108,13 @@ def folded_activations(proto: Any, fp32: Any | None) -> dict[str, Any]:
             if n.op_type in ("Relu", "Clip") and n.output[0] not in kept and n.output[0] in quantised}
 
 
+def _copy_initializer(graph: Any, fp32: Any, name: str, present: set[str]) -> None:
+    """Add ``fp32``'s initializer ``name`` to ``graph`` unless ``present`` (``graph``'s names) holds it."""
+    if name and name not in present:
+        graph.initializer.extend(i for i in fp32.graph.initializer if i.name == name)
+        present.add(name)
+
+
 def _float_value(graph: Any, t: str, folded: dict[str, Any], fp32: Any | None, present: set[str]) -> tuple[str, list]:
     """``t``'s float value: ``(t, [])``, or for a folded activation the node re-applied to it and its output
     (Clip's bounds are copied into ``graph``'s initializers where missing)."""
@@ -117,9 +124,7 @@ def _float_value(graph: Any, t: str, folded: dict[str, Any], fp32: Any | None, p
     if node is None:
         return t, []
     for name in node.input[1:]:  # Clip's bounds
-        if name and name not in present:
-            graph.initializer.extend(i for i in fp32.graph.initializer if i.name == name)
-            present.add(name)
+        _copy_initializer(graph, fp32, name, present)
     again = onnx.helper.make_node(node.op_type, [t, *node.input[1:]], [f"{t}_float"], name=f"{node.name}_float")
     return f"{t}_float", [again]
 
@@ -160,9 +165,7 @@ def bypass(proto: Any, tensors: set[str], fp32: Any | None = None) -> tuple[Any,
             if node.op_type in WEIGHTED_OPS and node.input[0] in source and len(node.input) > 1 \
                     and node.input[1] in weights:
                 node.input[1] = weights[node.input[1]]
-                if node.input[1] not in present:
-                    graph.initializer.extend(i for i in fp32.graph.initializer if i.name == node.input[1])
-                    present.add(node.input[1])
+                _copy_initializer(graph, fp32, node.input[1], present)
             for i, x in enumerate(node.input):
                 node.input[i] = source.get(x, x)
         kept.append(node)
@@ -202,9 +205,7 @@ class _Switchboard:
             if t is not None and node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in weights:
                 # the weight follows its data input: float when the fallback leaves that input float, as bypass() does
                 w = weights[node.input[1]]
-                if w not in present:
-                    graph.initializer.extend(i for i in fp32.graph.initializer if i.name == w)
-                    present.add(w)
+                _copy_initializer(graph, fp32, w, present)
                 nodes.append(onnx.helper.make_node("Where", [self.flags[t], w, node.input[1]], [f"{node.name}_w_sw"]))
                 node.input[1] = f"{node.name}_w_sw"
             for i, x in enumerate(node.input):
