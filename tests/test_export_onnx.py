@@ -32,20 +32,41 @@ EVERY_MODEL = [m if (m if isinstance(m, str) else m.values[0]) in FAMILY_SMALLES
 
 
 @pytest.mark.parametrize("name", EVERY_MODEL)
-def test_every_model_passes_the_fp32_gate_with_a_dynamic_batch(name: str, tmp_path) -> None:
+def test_every_model_passes_the_fp32_gate_with_a_dynamic_batch(name: str, tmp_path, monkeypatch) -> None:
     """Random weights with calibrated BatchNorm statistics (random-init logits would hide a wrong
-    graph); the gate runs a batch size other than the one traced."""
+    graph); the gate runs a batch size other than the one traced.
+
+    Random cascaded-attention models (EfficientViT-M3/M5, the CGA mixes) amplify rounding through their
+    blocks: PyTorch's own fp32 output is 1e-5..3e-4 from float64 at 64 px, so the 1e-4 gate cannot hold
+    and the gate says why. For those the file is made with the gate loosened and must then be as close
+    to exact (float64) arithmetic as PyTorch's fp32 is.
+    """
+    from edgezoo.export import parity
+
     model = _model(name)
     res = export(model, "onnx", tmp_path, img_size=SIZE, dynamic=True)
+    unstable = res.status == "failed" and "numerically unstable" in (res.parity.get("reason") or "")
+    if unstable:
+        monkeypatch.setitem(parity.GATES, "fp32", parity.Gate(max_rel_err=1e-2, min_agreement=None))
+        res = export(model, "onnx", tmp_path, img_size=SIZE, dynamic=True)
     assert res.status == "verified", res.summary()
-    assert res.parity["max_rel_err"] <= 1e-4 and res.parity["top1_flips"] == 0
+    assert res.parity["top1_flips"] == 0
     proto = onnx.load(res.path)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     out = ort_session(res.path).run(None, {"input": x.numpy()})[0]
+    fused = edgezoo.fuse(model)
     with torch.no_grad():
-        ref = edgezoo.fuse(model)(x).numpy()
-    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+        ref = fused(x).numpy()
+    if not unstable:
+        assert res.parity["max_rel_err"] <= 1e-4
+        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+        return
+    with torch.no_grad():
+        exact = fused.double()(x.double()).numpy()
+    torch_err = np.abs(ref - exact).max() / np.abs(exact).max()
+    export_err = np.abs(out - exact).max() / np.abs(exact).max()
+    assert export_err <= 3 * torch_err, (export_err, torch_err)
 
 
 @pytest.mark.parametrize("name", ["ez_efficientvit_m0", pytest.param("ez_efficientvit_b0", marks=pytest.mark.slow),
