@@ -60,11 +60,13 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path, capsys: pytest.
 
 
 def test_digits_reaches_97_percent_within_10_epochs(tmp_path: Path):
-    """The CI accuracy bar: a CNN-attention model, the command a user types, img-size 64."""
+    """The CI accuracy bar: a CNN-attention model, the command a user types, img-size 64. The run ends
+    at the first epoch that reaches 97% (``run.stop_at_top1``), which it must do within the 10."""
     out = tmp_path / "digits"
     t0 = time.perf_counter()
     proc = subprocess.run(edgezoo_cmd("train", "--model", CNN, "--data", "digits", "--img-size", "64", "--output",
-                                      str(out)), capture_output=True, text=True, env=ENV, timeout=1200)
+                                      str(out), "--set", "run.stop_at_top1=97"),
+                          capture_output=True, text=True, env=ENV, timeout=1200)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _rows(out)
@@ -74,6 +76,7 @@ def test_digits_reaches_97_percent_within_10_epochs(tmp_path: Path):
     print(f"\n{CNN} digits@64: best val top-1 {best:.2f}, final {rows[-1]['val_top1']:.2f} "
           f"(EMA {rows[-1]['ema_val_top1']:.2f}) after {len(rows)} epochs, {wall:.0f}s wall")
     assert best >= 97.0
+    assert len(rows) == 1 or _best_top1(rows[:-1]) < 97.0  # it stopped at the first epoch that reached 97%
     assert (out / "curves.png").stat().st_size > 0 and (out / "best.pth").is_file()
 
 

@@ -54,6 +54,21 @@ def test_resume_continues_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (tmp_path / "b" / "curves.png").stat().st_size > 0
 
 
+def test_stop_at_top1_ends_the_run_once_reached_and_resume_respects_it(tmp_path: Path):
+    """``run.stop_at_top1``: the run ends at the first epoch whose top-1 reaches it (1% is reached at once),
+    ``--resume`` then calls it finished; resumed with the target off it trains its remaining epochs."""
+    out = tmp_path / "t"
+    res = run(tiny(out, 3, "run.stop_at_top1=1"))
+    assert [r["epoch"] for r in _rows(out)] == [1] and res["best_top1"] >= 1.0 and res["best_epoch"] == 1
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1 and (out / "best.pth").is_file()
+    again = run(tiny(out, 3, "run.stop_at_top1=1"), resume=True)
+    assert again["finished"] and len(_rows(out)) == 1
+    run(tiny(out, 3), resume=True)
+    assert [r["epoch"] for r in _rows(out)] == [1, 2, 3]
+    with pytest.raises(ConfigError, match=r"run\.stop_at_top1 must be a top-1 in percent"):
+        tiny(tmp_path / "bad", 1, "run.stop_at_top1=150")
+
+
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import edgezoo.train.losses as losses
 

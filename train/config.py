@@ -165,6 +165,7 @@ class RunCfg:
     save_every: float = 0.0  # minutes between mid-epoch checkpoints (last.pth); 0 = at epoch ends only
     save_every_steps: int = 0  # also every N optimizer updates (deterministic; for tests and slow steps)
     threads: int = 0  # CPU threads per process; 0 = torch's default (under torchrun: OMP_NUM_THREADS)
+    stop_at_top1: float = 0.0  # end the run after the epoch whose val top-1 (weights or EMA) reaches this; 0 = off
     progress: bool = True
 
 
@@ -425,6 +426,7 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.run.threads >= 0, "run.threads must be >= 0"),
+        (0 <= cfg.run.stop_at_top1 <= 100, "run.stop_at_top1 must be a top-1 in percent, 0-100 (0 = off)"),
         (cfg.run.save_every >= 0, "run.save_every must be >= 0 minutes (0 = only at epoch ends)"),
         (cfg.run.save_every_steps >= 0, "run.save_every_steps must be >= 0 (0 = off)"),
         (cfg.data.num_classes is None or cfg.data.num_classes >= 1, "data.num_classes must be >= 1"),

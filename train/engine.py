@@ -464,6 +464,8 @@ class Trainer:
                 print(f"epoch {epoch + 1:3d}/{self.epochs}  train loss {train_loss:.4f}  val loss {row['val_loss']:.4f}"
                       f"  top-1 {row['val_top1']:6.2f}  top-5 {row['val_top5']:6.2f}{ema}  lr {row['lr']:.2e}  "
                       f"{row['epoch_time']:.1f}s", flush=True)
+            if epoch + 1 < self.epochs and self._target_reached():
+                break
             if epoch + 1 < self.epochs and self._stop_agreed():
                 return self._stopped()
         final = dict(self.history[-1]) if self.history else {}
@@ -474,6 +476,16 @@ class Trainer:
                   flush=True)
         return final
 
+
+    def _target_reached(self) -> bool:
+        """``run.stop_at_top1`` reached (every process computes the same all-reduced top-1)."""
+        target = self.cfg.run.stop_at_top1
+        if not (0 < target <= self.best_top1):
+            return False
+        if self.ctx.is_main:
+            print(f"val top-1 {self.best_top1:.2f} reached run.stop_at_top1={target:g} at epoch {self.best_epoch}: "
+                  f"stopping ({len(self.history)}/{self.epochs} epochs)", flush=True)
+        return True
 
     def _stop_agreed(self) -> bool:
         """Whether any process received SIGTERM (checked at epoch ends, after the checkpoint)."""

@@ -22,7 +22,7 @@ __all__ = ["RUNTIME_KEYS", "ResumePlan", "config_differences", "final_metrics", 
 #: Keys that may change between a run and its resume: where and how it runs, not what it computes.
 RUNTIME_KEYS = frozenset({
     "run.output", "run.progress", "run.threads", "run.device", "run.compile", "run.save_every",
-    "run.save_every_steps", "data.workers",
+    "run.save_every_steps", "run.stop_at_top1", "data.workers",
 })
 
 
@@ -73,8 +73,12 @@ def total_epochs(state: dict[str, Any]) -> int:
     return int(sched.get("epochs", 0)) + int(sched.get("cooldown_epochs", 0))
 
 
-def is_finished(state: dict[str, Any]) -> bool:
-    return state.get("position") is None and int(state["epoch"]) >= total_epochs(state)
+def is_finished(state: dict[str, Any], stop_at_top1: float = 0.0) -> bool:
+    """Every epoch trained, or (``stop_at_top1`` > 0) an epoch end at which the best top-1 reached it."""
+    if state.get("position") is not None:
+        return False
+    reached = 0 < stop_at_top1 <= float(state.get("best_top1", -1.0))
+    return reached or int(state["epoch"]) >= total_epochs(state)
 
 
 def plan_resume(cfg: TrainConfig, out: Path) -> ResumePlan:
@@ -88,7 +92,7 @@ def plan_resume(cfg: TrainConfig, out: Path) -> ResumePlan:
             raise CheckpointError(f"--resume: {last} trains {state.get('arch')}, not {cfg.model.name}")
         if isinstance(state.get("config"), dict):
             _check_same_recipe(cfg, state["config"], last)
-        return ResumePlan("finished" if is_finished(state) else "continue", state)
+        return ResumePlan("finished" if is_finished(state, cfg.run.stop_at_top1) else "continue", state)
     saved = out / "config.yaml"
     if saved.is_file():
         _check_same_recipe(cfg, _saved_config(saved), saved)
