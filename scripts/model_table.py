@@ -39,21 +39,34 @@ def export_status(path: Path = MATRIX) -> dict[tuple[str, str], str]:
 
 
 def ort_latency(folder: Path = BENCH) -> tuple[dict[tuple[str, int], float], str | None]:
-    """``{(model, px): p50 ms}`` of onnxruntime fp32 batch-1 records (the newest report wins) and its fingerprint."""
+    """``{(model, px): p50 ms}`` of onnxruntime fp32 batch-1 records and the machine they come from.
+
+    One machine for the whole column: the one whose main report (``<fingerprint>.json``, ``make
+    bench-runtimes``) finished last; its other reports (``-timm``, ...) fill in models the main report
+    lacks, the newest record winning. Reports of other machines never mix in (their CPUs differ by 2x).
+    """
     reports = []
     for p in folder.glob("*.json"):
         try:
-            reports.append(json.loads(p.read_text()))
+            rep = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
+        if "records" in rep and isinstance(rep.get("fingerprint"), dict):
+            reports.append((p.stem, rep))
+    mains = [rep for stem, rep in reports if stem == rep["fingerprint"].get("id")]
+    if not mains:
+        return {}, None
+    machine = max(mains, key=lambda r: r.get("finished", ""))["fingerprint"]["id"]
     found: dict[tuple[str, int], float] = {}
     fingerprint = None
-    for rep in sorted((r for r in reports if "records" in r), key=lambda r: r.get("finished", "")):
+    for _, rep in sorted(reports, key=lambda sr: sr[1].get("finished", "")):
+        if rep["fingerprint"].get("id") != machine:
+            continue
         for r in rep["records"]:
             if (r["status"], r["runtime"], r["precision"], r["batch"]) == ("ok", "ort", "fp32", 1) and \
                     r.get("role") != "timm" and not str(r.get("source", "")).endswith((".pth", ".safetensors")):
                 found[(r["model"], r["img_size"])] = r["latency_ms"]["p50"]
-                fingerprint = f"{rep['fingerprint']['id']}, {r['threads']} threads"
+                fingerprint = f"{machine}, {r['threads']} threads"
     return found, fingerprint
 
 
