@@ -16,7 +16,10 @@
   ``int8_fallback``, default ``auto``, as for ONNX; :mod:`edgezoo.export.pt2e_fallback`) ranks the
   int8 activations by how much float each one buys back on 16 calibration images and quantises
   again with the few that matter most left float (SHViT-S1 on digits at 48 px: 3 residual adds of
-  156 activations, logit error 0.154 -> 0.072, top-1 agreement 98.3% -> 99.2%).
+  156 activations, logit error 0.154 -> 0.072, top-1 agreement 98.3% -> 99.2%). XNNPACK checks a
+  program's quantisation only when a method is loaded, so a program with the fallback's float ops is
+  loaded once before it is kept; one the runtime refuses is replaced by the all-int8 program, with a
+  warning (``int8_fallback.refused`` in the notes).
 * edgezoo's GELU writes itself as ``erf`` under export for onnxruntime's fusion; XNNPACK has no
   ``erf``, so the exported copy uses ``nn.GELU`` (one delegate instead of one per GELU).
 
@@ -95,6 +98,9 @@ def _xnnpack_modules(model: nn.Module, job: ExportJob) -> nn.Module:
     return model
 
 
+#: ``GraphModule.meta`` key of a converted graph's float ops by kind (``job.notes["float_ops"]``)
+_FLOAT_OPS = "edgezoo_float_ops"
+
 #: ``auto`` keeps a fallback only if the graph it makes has at most ``1 - MIN_CUT`` of the all-int8 error
 MIN_CUT = 0.25
 
@@ -144,7 +150,8 @@ def _float_nodes(graph: torch.fx.GraphModule, model: nn.Module) -> list[Any]:
     return list(dict.fromkeys(keep))
 
 
-def _quantizer(model: nn.Module, job: ExportJob, fallback: frozenset[str] = frozenset()) -> Any:
+def _quantizer(model: nn.Module, job: ExportJob, fallback: frozenset[str] = frozenset(),
+               forced: frozenset[str] = frozenset()) -> Any:
     """ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8, per-channel weights) plus two edgezoo rules.
 
     * The precision policy: the nodes of :func:`_float_nodes` are marked annotated-and-empty before
@@ -160,7 +167,8 @@ def _quantizer(model: nn.Module, job: ExportJob, fallback: frozenset[str] = froz
       and the views after it share them too.
 
     ``fallback``: names of further nodes to keep float (the sensitivity fallback's choice,
-    :mod:`edgezoo.export.pt2e_fallback`).
+    :mod:`edgezoo.export.pt2e_fallback`). ``forced``: convs and linears to annotate int8 on their own when
+    the stock rules leave them alone (:func:`_requantize`).
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -197,10 +205,32 @@ def _quantizer(model: nn.Module, job: ExportJob, fallback: frozenset[str] = froz
                 shared = SharedQuantizationSpec(prev)
                 node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={prev: shared},
                                                                      output_qspec=shared, _annotated=True)
+            for node in graph.graph.nodes:
+                if node.name in forced and Q_ANNOTATION_KEY not in node.meta:
+                    _annotate_weighted(node, self.global_config)
             propagate_annotation(graph)  # views after an annotated pad share its parameters too
             return graph
 
     return EdgezooXnnpackQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _annotate_weighted(node: Any, config: Any) -> None:
+    """Annotate a conv or linear int8 on its own, as the stock quantizer does: its input, its per-channel
+    weight, its bias and its output."""
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        get_bias_qspec,
+        get_input_act_qspec,
+        get_output_act_qspec,
+        get_weight_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    qspecs = {node.args[0]: get_input_act_qspec(config), node.args[1]: get_weight_qspec(config)}
+    if len(node.args) > 2 and isinstance(node.args[2], torch.fx.Node):
+        qspecs[node.args[2]] = get_bias_qspec(config)
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qspecs,
+                                                         output_qspec=get_output_act_qspec(config), _annotated=True)
 
 
 def _untie_weights(graph: torch.fx.GraphModule) -> int:
@@ -239,14 +269,15 @@ def _untie_weights(graph: torch.fx.GraphModule) -> int:
 
 
 def _convert(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[torch.Tensor],
-             fallback: frozenset[str] = frozenset()) -> GraphModule:
-    """PT2E int8: annotate with the XNNPACK quantizer (``fallback`` nodes float), calibrate on ``batches``, convert
-    (the converted graph keeps its convs' and linears' float weights in ``meta``, for the fallback's ranking)."""
+             fallback: frozenset[str] = frozenset(), forced: frozenset[str] = frozenset()) -> GraphModule:
+    """PT2E int8: annotate with the XNNPACK quantizer (``fallback`` nodes float, ``forced`` convs and linears
+    int8), calibrate on ``batches``, convert (the converted graph keeps its convs' and linears' float weights
+    in ``meta``, for the fallback's ranking)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from edgezoo.export.pt2e_fallback import FLOAT_WEIGHTS, float_weights
 
-    quantizer = _quantizer(model, job, fallback)
+    quantizer = _quantizer(model, job, fallback, forced)
     start = time.perf_counter()
     graph = torch.export.export(model, (x,)).module()
     job.notes["untied_tensors"] = _untie_weights(graph)
@@ -261,6 +292,7 @@ def _convert(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[to
     start = time.perf_counter()
     converted = convert_pt2e(prepared)
     converted.meta[FLOAT_WEIGHTS] = originals
+    converted.meta[_FLOAT_OPS] = job.notes["float_ops"]
     job.notes["convert_s"] = round(time.perf_counter() - start, 2)
     return converted
 
@@ -286,22 +318,31 @@ def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule, batches:
 
 def _requantize(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[torch.Tensor],
                 nodes: frozenset[str]) -> tuple[GraphModule, frozenset[str], set[str]]:
-    """Quantise again with ``nodes`` float; the graph, the nodes left float, and those quantised after all.
+    """Quantise again with ``nodes`` float; the graph, the nodes left float, and the convs and linears
+    quantised after all.
 
-    XNNPACK refuses a float weight on an int8 input, so a float conv or linear whose input stays int8
-    (:func:`edgezoo.export.pt2e_fallback.int8_fed_weighted`) is quantised like the rest (each only once).
+    XNNPACK refuses a float weight on an int8 input (it takes ``dequantize -> conv`` for an int8 conv), so a
+    conv or linear whose input stays int8 while its weight is float
+    (:func:`edgezoo.export.pt2e_fallback.int8_fed_weighted`) is quantised like the rest, each only once.
+    One of ``nodes`` leaves ``nodes``. One outside them is float because the stock quantizer annotates a
+    conv whose only user is a ReLU together with it, and that ReLU is float: it is annotated int8 on its
+    own, its ReLU staying float (digits-trained EfficientViT-M0 at 128 px: the fallback chose a ReLU after
+    a stem conv, and the runtime refused the program: "Failed to create convolution node").
     """
     from edgezoo.export.pt2e_fallback import int8_fed_weighted
 
-    converted, kept = _convert(job, model, x, batches, nodes), set()
-    while stuck := int8_fed_weighted(converted, nodes):
-        nodes, kept = nodes - stuck, kept | stuck
-        converted = _convert(job, model, x, batches, nodes)
-    return converted, nodes, kept
+    converted, forced, handled = _convert(job, model, x, batches, nodes), frozenset(), set()
+    while (stuck := int8_fed_weighted(converted)) - handled:
+        handled |= stuck
+        nodes, forced = nodes - stuck, forced | (stuck - nodes)
+        converted = _convert(job, model, x, batches, nodes, forced)
+    return converted, nodes, handled
 
 
-def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
+def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> tuple[GraphModule, GraphModule | None]:
     """PT2E int8 with the sensitivity fallback: quantise, rank, and quantise again with the chosen ops float.
+    Returns the graph to lower and, when the fallback left ops float, the all-int8 one (:func:`build_pte`
+    lowers it instead if the runtime refuses the first).
 
     ``auto`` checks the graph it builds: the ranking scores each activation with the others int8 as
     first calibrated, but quantising again moves ranges and unannotates the ops around a choice, so
@@ -355,13 +396,44 @@ def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> nn.Module:
                 f"{fb.seconds:.0f} s)")
     elif fb is not None:
         job.notes["int8_fallback"] = fb.as_notes()
+    _graph_notes(job, converted)
+    job.notes["calibration_batches"] = len(batches)
+    return converted, None if converted is plain else plain
+
+
+def _graph_notes(job: ExportJob, graph: GraphModule) -> None:
+    """The notes of the graph that is lowered (the search quantises several): its float ops and int8 tensors."""
+    job.notes["float_ops"] = graph.meta[_FLOAT_OPS]
     quant = {"quantize_per_tensor", "quantize_per_channel"}
     job.notes["quantized_tensors"] = sum(
-        1 for n in converted.graph.nodes
+        1 for n in graph.graph.nodes
         if n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0] in quant
     )
-    job.notes["calibration_batches"] = len(batches)
-    return converted
+
+
+def _refused(buffer: bytes) -> str | None:
+    """Why the ExecuTorch runtime here refuses to load ``buffer``'s ``forward`` (``None``: it loads, or there
+    is no runtime to ask). XNNPACK checks each node's quantisation only when the method is initialised."""
+    try:
+        runtime = _runtime()
+    except NotRunnable:
+        return None
+    try:
+        runtime.load_program(buffer).load_method("forward")
+    except Exception as err:  # the pybindings raise RuntimeError with the runtime's error code
+        return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    return None
+
+
+def _drop_fallback(job: ExportJob, plain: GraphModule, why: str) -> None:
+    """Notes for the all-int8 graph lowered instead of the fallback's, which the runtime refused (``why``)."""
+    notes = job.notes.get("int8_fallback", {})
+    job.warn(f"the runtime refused the program with the int8 fallback's {len(notes.get('nodes', []))} float ops "
+             f"({why}); exported all-int8 instead")
+    notes.update(refused=why, refused_tensors=notes.get("tensors", []), tensors=[], nodes=[],
+                 error_after=notes.get("error_int8"))
+    notes.pop("int8_fed_kept_int8", None)
+    _graph_notes(job, plain)
 
 
 def _delegation(edge: Any, job: ExportJob) -> None:
@@ -392,33 +464,47 @@ def _delegation(edge: Any, job: ExportJob) -> None:
 
 
 def build_pte(job: ExportJob, path: Path) -> Path:
-    """Export, (int8: quantise,) lower to XNNPACK and write the ``.pte`` of ``job`` at ``path``."""
+    """Export, (int8: quantise,) lower to XNNPACK and write the ``.pte`` of ``job`` at ``path``.
+
+    int8 with float ops from the fallback: if the runtime refuses the program (:func:`_refused`), the
+    all-int8 graph is lowered instead and the notes (``int8_fallback.refused``) and a warning say so.
+    """
+    x = job.example_input()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, plain = _xnnpack_modules(job.model, job), None
+        if job.precision == "int8":
+            job.log(f"{job.name}: PT2E int8 calibration")
+            model, plain = _quantize(job, model, x)
+        buffer = _lower(job, model, x, start)
+        why = _refused(buffer) if plain is not None else None
+        if why:  # a safety net: the float ops XNNPACK cannot mix with int8 are caught before the lowering
+            _drop_fallback(job, plain, why)
+            buffer = _lower(job, plain, x, time.perf_counter())
+    path.write_bytes(buffer)
+    return path
+
+
+def _lower(job: ExportJob, model: nn.Module, x: torch.Tensor, start: float) -> bytes:
+    """``model`` exported, lowered to XNNPACK and serialised (stage seconds in ``job.notes``, from ``start``)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     from edgezoo.export.xnnpack_rewrites import rewrite_passes
 
-    x = job.example_input()
+    program = torch.export.export(model, (x,))
+    job.notes["export_s"] = round(time.perf_counter() - start, 2)
+    job.log(f"{job.name}: lowering to XNNPACK")
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = _xnnpack_modules(job.model, job)
-        if job.precision == "int8":
-            job.log(f"{job.name}: PT2E int8 calibration")
-            model = _quantize(job, model, x)
-        program = torch.export.export(model, (x,))
-        job.notes["export_s"] = round(time.perf_counter() - start, 2)
-        job.log(f"{job.name}: lowering to XNNPACK")
-        start = time.perf_counter()
-        edge = to_edge_transform_and_lower(program, transform_passes=rewrite_passes(),
-                                           partitioner=[XnnpackPartitioner()], constant_methods=_constant_methods(job))
-        job.notes["lower_s"] = round(time.perf_counter() - start, 2)
-        _delegation(edge, job)
-        start = time.perf_counter()
-        buffer = edge.to_executorch().buffer
-        job.notes["to_executorch_s"] = round(time.perf_counter() - start, 2)
-    path.write_bytes(buffer)
-    return path
+    edge = to_edge_transform_and_lower(program, transform_passes=rewrite_passes(),
+                                       partitioner=[XnnpackPartitioner()], constant_methods=_constant_methods(job))
+    job.notes["lower_s"] = round(time.perf_counter() - start, 2)
+    _delegation(edge, job)
+    start = time.perf_counter()
+    buffer = edge.to_executorch().buffer
+    job.notes["to_executorch_s"] = round(time.perf_counter() - start, 2)
+    return buffer
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

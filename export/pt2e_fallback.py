@@ -105,21 +105,22 @@ def float_node_names(graph: GraphModule, activations: Sequence[str]) -> list[str
     return list(dict.fromkeys(names))
 
 
-def int8_fed_weighted(graph: GraphModule, names: Sequence[str] | frozenset[str]) -> set[str]:
-    """The convs and linears among ``names`` (left float) that still read a dequantised int8 input.
+def int8_fed_weighted(graph: GraphModule, names: Sequence[str] | frozenset[str] | None = None) -> set[str]:
+    """The convs and linears (among ``names``; ``None``: all) that read a dequantised int8 input with a float
+    weight, a pattern XNNPACK takes for an int8 op and then refuses ("Weight and Input should both be
+    quantized", or "Failed to create convolution node" when the program is loaded).
 
     Leaving an op unannotated keeps its weight float, but its input stays int8 when the producer's
     output is quantised for another reason (a pad, and the views after it, share its input's
-    parameters: CGA's window partition). XNNPACK takes ``dequantize -> conv`` for an int8 conv and then
-    refuses the float weight ("Weight and Input should both be quantized": EfficientViT-M0 at 128 px).
-    Such an op cannot compute in float here, so it is quantised like the rest.
+    parameters: CGA's window partition). And the stock quantizer annotates a conv whose only user is a
+    ReLU only together with the ReLU, so a float ReLU leaves its conv float too, whatever its input.
     """
     def dequantized(arg: Any) -> bool:
         return isinstance(arg, Node) and any(_is(arg, d) for d in ("dequantize_per_tensor", "dequantize_per_channel"))
 
     return {n.name for n in graph.graph.nodes
-            if n.name in names and n.op == "call_function" and n.target in WEIGHTED_OPS and len(n.args) > 1
-            and dequantized(n.args[0]) and not dequantized(n.args[1])}
+            if (names is None or n.name in names) and n.op == "call_function" and n.target in WEIGHTED_OPS
+            and len(n.args) > 1 and dequantized(n.args[0]) and not dequantized(n.args[1])}
 
 
 def logit_error(out: torch.Tensor, reference: torch.Tensor) -> float:

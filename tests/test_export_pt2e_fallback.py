@@ -73,7 +73,7 @@ def test_switchboard_matches_the_converted_graph_and_a_removed_pair(tmp_path: Pa
 
 def test_fallback_leaves_the_chosen_activations_float_and_cuts_the_error(tmp_path: Path) -> None:
     model, job, batches = _job(tmp_path, fallback=1)
-    converted = et._quantize(job, model, batches[0])
+    converted, _ = et._quantize(job, model, batches[0])
     notes = job.notes["int8_fallback"]
     assert len(notes["tensors"]) == 1 and notes["candidates"] >= 4 and notes["images"] == 16
     assert notes["error_after"] < notes["error_int8"]  # measured on the graph quantised again
@@ -87,68 +87,91 @@ def test_fallback_leaves_the_chosen_activations_float_and_cuts_the_error(tmp_pat
     assert float_node_names(none, [chosen]) == notes["nodes"]
 
 
-def test_fallback_off_and_the_lowered_program_runs(tmp_path: Path) -> None:
-    model, job, batches = _job(tmp_path, fallback=0)
-    et._quantize(job, model, batches[0])
-    assert "int8_fallback" not in job.notes
-    model, job, batches = _job(tmp_path / "auto")
-    path = et.build_pte(job, tmp_path / "res_int8.pte")
-    assert job.notes["int8_fallback"]["error_after"] <= job.notes["int8_fallback"]["error_int8"]
-    x = torch.randn(1, 3, 8, 8)
+def test_fallback_off_and_a_refused_fallback_lowers_the_all_int8_graph(tmp_path: Path, monkeypatch) -> None:
+    """``int8_fallback=0`` quantises everything; and when the runtime refuses the program the fallback's float
+    ops make (XNNPACK checks quantisation only when a method is loaded), the all-int8 graph is lowered
+    instead, with a warning and the notes saying so: the same program as with the fallback off."""
     from edgezoo.export import get_format
 
-    out = get_format("executorch").run(path, x.numpy(), job)
+    _, job, _ = _job(tmp_path, fallback=0)
+    off = et.build_pte(job, tmp_path / "off.pte")
+    assert "int8_fallback" not in job.notes
+    assert et._refused(off.read_bytes()) is None and "RuntimeError" in et._refused(b"not a program")
+    checked: list[int] = []
+
+    def refuse(buffer: bytes) -> str:
+        checked.append(len(buffer))
+        return "RuntimeError: Failed to load method forward, error: 0x1"
+
+    monkeypatch.setattr(et, "_refused", refuse)
+    model, job, _ = _job(tmp_path / "one", fallback=1)
+    path = et.build_pte(job, tmp_path / "one.pte")
+    notes = job.notes["int8_fallback"]
+    assert len(checked) == 1 and "0x1" in notes["refused"] and any("refused" in w for w in job.warnings)
+    assert notes["tensors"] == notes["nodes"] == [] and len(notes["refused_tensors"]) == 1
+    assert notes["error_after"] == notes["error_int8"]
+    x = torch.randn(1, 3, 8, 8)
+    fmt = get_format("executorch")
+    out = fmt.run(path, x.numpy(), job)
+    np.testing.assert_array_equal(out, fmt.run(off, x.numpy(), job))
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95
 
 
-class _PadThenConv(nn.Module):
-    """Conv -> zero pad -> conv: the pad shares its input's int8 parameters, so the second conv reads int8."""
+class _PadThenConvAndConvRelu(nn.Module):
+    """A stem conv feeding two branches: zero pad -> conv (the pad shares its input's int8 parameters, so the
+    conv reads int8), and conv -> ReLU (the stock quantizer annotates such a conv only with its ReLU)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem, self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+        self.third = nn.Conv2d(8, 8, 2, padding=1)  # 9 x 9, as the padded branch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(torch.nn.functional.pad(self.stem(x), (0, 1, 0, 1)))
+        y = self.stem(x)
+        y = self.conv(torch.nn.functional.pad(y, (0, 1, 0, 1))) + torch.relu(self.third(y))
         return self.head(y.mean((2, 3)))
 
 
 def test_a_float_conv_on_an_int8_input_is_quantised_after_all(tmp_path: Path, monkeypatch) -> None:
-    """A conv the fallback leaves float whose input stays int8 (through a pad) would reach XNNPACK as
-    ``dequantize -> conv`` with a float weight, which it refuses ("Weight and Input should both be quantized"):
-    it is quantised like the rest, the notes say so, and the program lowers and runs."""
+    """A conv whose weight the fallback leaves float while its input stays int8 reaches XNNPACK as
+    ``dequantize -> conv`` with a float weight, which it refuses ("Weight and Input should both be quantized",
+    or "Failed to create convolution node" at load): the conv after the pad, when its output is chosen, and
+    the conv before a ReLU whose output is chosen. Each is quantised like the rest (the ReLU stays float),
+    the notes say so, and the program the fallback made lowers, loads and runs."""
     from edgezoo.export.pt2e_fallback import int8_fed_weighted
 
     torch.manual_seed(0)
-    model = _PadThenConv().eval()
+    model = _PadThenConvAndConvRelu().eval()
     job = ExportJob(model=model, name="pad", input_size=(3, 8, 8), batch=1, dynamic=False, precision="int8",
-                    options={"int8_fallback": 1}, metadata={}, work_dir=tmp_path)
+                    options={"int8_fallback": 2}, metadata={}, work_dir=tmp_path)
     job.calibration = CalibrationSet(torch.randn(16, 3, 8, 8), torch.randn(4, 3, 8, 8), "random")
     batches = [job.calibration.calib[i:i + 1] for i in range(16)]
     plain = et._convert(job, model, batches[0], batches)
     convs = [n.name for n in plain.graph.nodes if n.target == torch.ops.aten.conv2d.default]
-    second = convs[1]
-    forced = et._convert(job, model, batches[0], batches, frozenset({second}))
-    assert int8_fed_weighted(forced, {second}) == {second}  # the refused pattern, before the fix
-    assert int8_fed_weighted(plain, {second}) == set()  # quantised: its weight is int8 too, not reported
-
-    assert second in activation_dequants(plain)  # the conv's output: choosing it leaves the conv float
+    relu = next(n.name for n in plain.graph.nodes if n.target == torch.ops.aten.relu.default)
+    second, third = convs[1], convs[2]
+    assert {second, relu} <= set(activation_dequants(plain))  # choosing their outputs leaves them float
+    forced = et._convert(job, model, batches[0], batches, frozenset(float_node_names(plain, [second, relu])))
+    assert int8_fed_weighted(forced) == {second, third}  # the refused patterns, before the fix
+    assert int8_fed_weighted(plain) == set()  # quantised: their weights are int8 too, not reported
 
     def choose(job, model, converted, batches):  # the sensitivity ranking's choice, fixed
         from edgezoo.export.int8_fallback import Fallback
 
-        fb = Fallback(tensors=[second], ranked=[(second, 1.0)], candidates=3, error_int8=1.0)
+        fb = Fallback(tensors=[second, relu], ranked=[(second, 1.0), (relu, 0.5)], candidates=5, error_int8=1.0)
         with torch.no_grad():
             return fb, batches[:2], torch.cat([model(b) for b in batches[:2]])
 
     monkeypatch.setattr(et, "_fallback", choose)
-    converted = et._quantize(job, model, batches[0])
+    converted, all_int8 = et._quantize(job, model, batches[0])
     notes = job.notes["int8_fallback"]
-    assert notes["int8_fed_kept_int8"] == [second] and second not in notes["nodes"]
-    assert int8_fed_weighted(converted, {second}) == set()
+    assert all_int8 is not None and notes["tensors"] == [second, relu]
+    assert notes["int8_fed_kept_int8"] == sorted([second, third]) and second not in notes["nodes"]
+    assert int8_fed_weighted(converted) == set() and relu not in activation_dequants(converted)
     path = et.build_pte(job, tmp_path / "pad_int8.pte")
+    assert "refused" not in job.notes["int8_fallback"], job.notes["int8_fallback"]  # the runtime took it
     x = torch.randn(1, 3, 8, 8)
     from edgezoo.export import get_format
 
