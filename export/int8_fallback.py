@@ -255,14 +255,18 @@ def _auto_count(board: Board, ranked: list[tuple[str, float]], base: float) -> i
     return best[1]
 
 
-def rank(board: Board, tensors: list[str], count: int | None, images: int, log: Any = lambda msg: None) -> Fallback:
+def rank(board: Board, tensors: list[str], count: int | None, images: int, log: Any = lambda msg: None,
+         floor: float = 0.0) -> Fallback:
     """Rank ``tensors`` by how much bypassing each alone cuts ``board``'s error; keep float the ``count`` most
     sensitive, or (``None``) the ``auto`` choice. ``images``: how many the board's error runs on (for the notes).
+    ``floor``: ``auto`` ranks nothing when the all-int8 error is at most this.
     Shared by the ONNX QDQ graphs (here) and the PT2E graphs of ExecuTorch (:mod:`edgezoo.export.pt2e_fallback`)."""
     start = time.perf_counter()
     base = board.error(set())
     fb = Fallback(error_int8=base, error_after=base, candidates=len(tensors), images=images)
-    if tensors and base > 0.0 and count != 0:
+    if count is None and 0.0 < base <= floor:
+        log(f"int8 fallback: all-int8 logit error {base:.3g} <= {floor:g}: nothing to rank")
+    elif tensors and base > 0.0 and count != 0:
         log(f"int8 fallback: ranking {len(tensors)} quantised activations on {images} calibration images")
         gains = [(base - board.error({t})) / base for t in tensors]
         fb.ranked = sorted(zip(tensors, gains, strict=True), key=lambda tg: -tg[1])

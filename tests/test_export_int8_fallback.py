@@ -172,3 +172,32 @@ def test_a_bypassed_folded_relu_is_applied_again(tmp_path) -> None:
     assert board.error(everything) < 0.5 * board.error(set())  # all float, int8 weights after the stem
     broken, _ = bypass(proto, {relu})  # without the fp32 graph the ReLU is lost: negative values get through
     assert _error(broken, images, reference) > _error(fixed, images, reference)
+
+
+class _AdditiveBoard:
+    """A board whose error drops by a fixed share for each bypassed tensor: ``base * (1 - sum(shares))``."""
+
+    def __init__(self, base: float, shares: dict[str, float]) -> None:
+        self.base, self.shares, self.calls = base, shares, 0
+
+    def error(self, floats: set[str]) -> float:
+        self.calls += 1
+        return self.base * (1.0 - sum(self.shares[t] for t in floats))
+
+
+def test_auto_ranks_nothing_below_the_floor_and_a_count_ignores_it() -> None:
+    """``auto`` skips the search when the all-int8 error is already at most ``floor`` (ExecuTorch's
+    ``AUTO_FLOOR``: a search of 23 min found nothing to keep float at such errors); above it, and for a
+    fixed count, the ranking runs as before."""
+    from edgezoo.export.executorch import AUTO_FLOOR
+    from edgezoo.export.int8_fallback import rank
+
+    shares = {f"t{i}": s for i, s in enumerate([0.02, 0.6, 0.1] + [0.001] * 37)}
+    low = _AdditiveBoard(0.5 * AUTO_FLOOR, shares)
+    fb = rank(low, list(shares), None, 16, floor=AUTO_FLOOR)
+    assert low.calls == 1 and fb.tensors == [] and fb.ranked == [] and fb.error_after == fb.error_int8
+    high = _AdditiveBoard(2.0 * AUTO_FLOOR, shares)
+    fb = rank(high, list(shares), None, 16, floor=AUTO_FLOOR)
+    assert fb.tensors == ["t1"] and fb.error_after == pytest.approx(0.4 * high.base)  # halved by the best one
+    fixed = rank(_AdditiveBoard(0.5 * AUTO_FLOOR, shares), list(shares), 2, 16, floor=AUTO_FLOOR)
+    assert fixed.tensors == ["t1", "t2"]
