@@ -277,7 +277,9 @@ def _create() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def fp32(src: Any, tmp_path_factory: pytest.TempPathFactory) -> Built:
     work = tmp_path_factory.mktemp("fp32")
-    cache = work.parent / "fp32-cache" / "timing.cache"
+    # a folder that does not exist yet, one per fixture instance (pytest-xdist's worksteal can run this
+    # module's tests in two stretches on one worker, which builds the fixture twice)
+    cache = work.parent / f"{work.name}-cache" / "timing.cache"
     job = _job(src, "fp32", True, work, timing_cache=str(cache), max_batch="16")
     engine, calls, network = _convert(job)
     return Built(job, engine, work / f"{job.stem}.onnx", calls, network)
