@@ -487,7 +487,7 @@ def build_pte(job: ExportJob, path: Path) -> Path:
             model, plain = _quantize(job, model, x)
         buffer = _lower(job, model, x, start)
         why = _refused(buffer) if plain is not None else None
-        if why:  # a safety net: the float ops XNNPACK cannot mix with int8 are caught before the lowering
+        if why:  # a safety net for what _requantize's checks miss: XNNPACK checks quantisation only at load
             _drop_fallback(job, plain, why)
             buffer = _lower(job, plain, x, time.perf_counter())
     path.write_bytes(buffer)
