@@ -160,20 +160,23 @@ def _fold_constant_dequants(graph: GraphModule) -> int:
 class _Switch(nn.Module):
     """``t`` when ``use_float`` is set, else ``t``'s int8 round trip (``quantize`` then ``dequantize``).
 
-    The round trip is one fused ``fake_quantize_per_tensor_affine`` with the pair's scale and zero
-    point: the same rounding as the graph's decomposed pair up to ``t * (1/scale)`` against
-    ``t / scale``, in one op instead of two Python-level ones (most of a ranking forward otherwise).
+    The round trip is ``fake_quantize_per_tensor_affine``'s arithmetic written out,
+    ``(clamp(round(t * inv) + zero_point, qmin, qmax) - zero_point) * scale`` with ``inv = 1 / scale``
+    in float32 and ties to even: bit for bit that op (the same rounding as the graph's decomposed pair
+    up to ``t * inv`` against ``t / scale``), and unlike it every piece has a ``vmap`` batching rule.
     """
 
     def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
         super().__init__()
         self.scale, self.zero_point, self.qmin, self.qmax = float(scale), int(zero_point), int(qmin), int(qmax)
+        self.inverse = float(torch.tensor(1.0) / torch.tensor(self.scale))  # float32, as the fused op takes it
         self.use_float = False
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if self.use_float:
             return t
-        return torch.fake_quantize_per_tensor_affine(t, self.scale, self.zero_point, self.qmin, self.qmax)
+        q = torch.clamp(torch.round(t * self.inverse) + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
 
 
 class _WeightSwitch(nn.Module):
@@ -248,6 +251,8 @@ class Switchboard:
         board.graph.lint()
         board.recompile()
         self.board, self.images, self.reference = board, list(images), reference
+        same = len({tuple(x.shape) for x in self.images}) == 1
+        self._stacked = torch.stack(self.images) if same and len(self.images) > 1 else None
 
     @property
     def tensors(self) -> list[str]:
@@ -266,7 +271,22 @@ class Switchboard:
         weighted = self.float_weighted(floats)
         for op, switch in self.weights.items():
             switch.use_float = op in weighted
-        return logit_error(torch.cat([self.board(x) for x in self.images]), self.reference)
+        return logit_error(self._logits(), self.reference)
+
+    def _logits(self) -> torch.Tensor:
+        """The board's logits on every image: one ``vmap`` over the stacked batches, else batch by batch.
+
+        The graph's shapes are static (one batch), so ``vmap`` is what runs all the images in one pass:
+        3-4x faster than a loop (digits-trained EfficientViT-M0 at 48 px, 16 images). Its convs may sum in
+        another order than a batch's own, so a rounding or two can land elsewhere (that M0's all-int8
+        error: 0.1660 against the loop's 0.1656); the graphs the fallback makes are measured by the loop.
+        """
+        if self._stacked is not None:
+            try:
+                return torch.func.vmap(self.board)(self._stacked).flatten(0, 1)
+            except (RuntimeError, NotImplementedError):  # an op vmap cannot batch: the loop from now on
+                self._stacked = None
+        return torch.cat([self.board(x) for x in self.images])
 
 
 def run_all(graph: Any, images: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -108,7 +108,8 @@ def main() -> int:
 
     machine = f"{describe()}, VNNI {cpu_has_vnni()}, {time.strftime('%Y-%m-%d')}"
     wanted = set(args.models.split(",")) if args.models else None
-    rows = []
+    kept = _kept_rows(args.json, wanted)
+    rows: list[dict[str, Any]] = []
     for name, epochs, size in ROWS:
         if wanted and name not in wanted:
             continue
@@ -118,9 +119,24 @@ def main() -> int:
         cells = [_cell(ckpt, fmt, opts, out, fp32_size) for fmt, opts in CELLS]
         rows.append({"model": name, "epochs": epochs, "img_size": size, "top1": top1, "cells": cells})
         print(f"{name}: " + " | ".join(_fmt(c) for c in cells), flush=True)
+        rows = _in_order(rows, kept)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    return _write(markdown(rows, machine), args.write)
+    return _write(markdown(_in_order(rows, kept), machine), args.write)
+
+
+def _kept_rows(path: Path, wanted: set[str] | None) -> list[dict[str, Any]]:
+    """With ``--models``, the other models' rows already in the report stay (same table, one machine line)."""
+    if not wanted or not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text())["rows"] if r["model"] not in wanted]
+
+
+def _in_order(rows: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    order = {name: i for i, (name, _, _) in enumerate(ROWS)}
+    fresh = {r["model"] for r in rows}
+    merged = [r for r in kept if r["model"] not in fresh] + rows
+    return sorted(merged, key=lambda r: order.get(r["model"], len(order)))
 
 
 def _write(table: str, readme: Path | None) -> int:

@@ -5,6 +5,7 @@ the fallback names leave exactly those activations float when the model is quant
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,33 @@ def test_switchboard_matches_the_converted_graph_and_a_removed_pair(tmp_path: Pa
     removed.recompile()
     assert board.error({name}) == pytest.approx(logit_error(run_all(removed, batches), reference), rel=1e-5)
     assert board.error(set(board.tensors)) < board.error(set())  # all float (int8 weights only) is closer
+
+
+def test_the_switch_is_fake_quantize_bit_for_bit_and_vmap_batches_the_board(tmp_path: Path) -> None:
+    """The board's int8 round trip is ``fake_quantize_per_tensor_affine`` to the bit (ties, both clamps, an
+    awkward scale), and the board runs every image in one ``vmap`` with the per-batch loop's logits."""
+    from edgezoo.export.pt2e_fallback import _Switch
+
+    for scale, (qmin, qmax, zero_point) in itertools.product([0.0371, 0.0625], [(-128, 127, -7), (0, 255, 121)]):
+        t = torch.cat([torch.randn(4096) * 6, (torch.arange(-300.0, 300.0) + 0.5) * scale])  # exact ties at 1/16
+        switch = _Switch(scale, zero_point, qmin, qmax)
+        assert torch.equal(switch(t), torch.fake_quantize_per_tensor_affine(t, scale, zero_point, qmin, qmax))
+        switch.use_float = True
+        assert switch(t) is t
+    model, job, batches = _job(tmp_path)
+    converted = et._convert(job, model, batches[0], batches)
+    with torch.no_grad():
+        reference = torch.cat([model(b) for b in batches])
+    board = Switchboard(converted, batches, reference)
+    assert board._stacked is not None and board._stacked.shape[:2] == (16, 1)
+    some = set(board.tensors[::2])
+    with torch.no_grad():
+        batched = board.error(some), board._logits()
+        assert board._stacked is not None  # vmap ran the graph
+        board._stacked = None
+        looped = board.error(some), board._logits()
+    torch.testing.assert_close(batched[1], looped[1], rtol=1e-4, atol=1e-4)
+    assert batched[0] == pytest.approx(looped[0], rel=1e-3)
 
 
 def test_fallback_leaves_the_chosen_activations_float_and_cuts_the_error(tmp_path: Path) -> None:
