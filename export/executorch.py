@@ -276,13 +276,15 @@ def _untie_weights(graph: torch.fx.GraphModule) -> int:
 
 
 def _convert(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[torch.Tensor],
-             fallback: frozenset[str] = frozenset(), forced: frozenset[str] = frozenset()) -> GraphModule:
+             fallback: frozenset[str] = frozenset(), forced: frozenset[str] = frozenset(),
+             known: dict[tuple, dict] | None = None) -> GraphModule:
     """PT2E int8: annotate with the XNNPACK quantizer (``fallback`` nodes float, ``forced`` convs and linears
     int8), calibrate on ``batches``, convert (the converted graph keeps its convs' and linears' float weights
-    in ``meta``, for the fallback's ranking)."""
+    in ``meta``, for the fallback's ranking). ``known``: observer statistics of earlier graphs of ``model``
+    (:func:`edgezoo.export.pt2e_fallback.calibrate`), added to."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgezoo.export.pt2e_fallback import FLOAT_WEIGHTS, float_weights
+    from edgezoo.export.pt2e_fallback import FLOAT_WEIGHTS, calibrate, float_weights
 
     quantizer = _quantizer(model, job, fallback, forced)
     start = time.perf_counter()
@@ -292,9 +294,7 @@ def _convert(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[to
     prepared = prepare_pt2e(graph, quantizer)
     job.notes["prepare_s"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in batches:
-            prepared(batch)
+    calibrate(prepared, batches, known)
     job.notes["calibrate_s"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
     converted = convert_pt2e(prepared)
@@ -325,7 +325,8 @@ def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule, batches:
 
 
 def _requantize(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list[torch.Tensor],
-                nodes: frozenset[str]) -> tuple[GraphModule, frozenset[str], set[str]]:
+                nodes: frozenset[str], known: dict[tuple, dict] | None = None,
+                ) -> tuple[GraphModule, frozenset[str], set[str]]:
     """Quantise again with ``nodes`` float; the graph, the nodes left float, and the convs and linears
     quantised after all.
 
@@ -339,11 +340,11 @@ def _requantize(job: ExportJob, model: nn.Module, x: torch.Tensor, batches: list
     """
     from edgezoo.export.pt2e_fallback import int8_fed_weighted
 
-    converted, forced, handled = _convert(job, model, x, batches, nodes), frozenset(), set()
+    converted, forced, handled = _convert(job, model, x, batches, nodes, known=known), frozenset(), set()
     while (stuck := int8_fed_weighted(converted)) - handled:
         handled |= stuck
         nodes, forced = nodes - stuck, forced | (stuck - nodes)
-        converted = _convert(job, model, x, batches, nodes, forced)
+        converted = _convert(job, model, x, batches, nodes, forced, known)
     return converted, nodes, handled
 
 
@@ -369,7 +370,8 @@ def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> tuple[GraphM
     batches = [images[i:i + job.batch].float() for i in range(0, len(images) - job.batch + 1, job.batch)]
     if not batches:
         raise ValueError(f"int8 export needs at least {job.batch} calibration images (the static batch)")
-    plain = _convert(job, model, x, batches)
+    known: dict[tuple, dict] = {}  # observer statistics: every graph tried calibrates only what is new
+    plain = _convert(job, model, x, batches, known=known)
     start = time.perf_counter()
     fb, ranked, reference = _fallback(job, model, plain, batches)
     converted = plain
@@ -382,7 +384,7 @@ def _quantize(job: ExportJob, model: nn.Module, x: torch.Tensor) -> tuple[GraphM
             if count > len(fb.tensors) and fb.ranked[count - 1][1] <= 0:
                 break  # no activation left that helps on its own
             tensors = [t for t, _ in fb.ranked[:count]]
-            made = _requantize(job, model, x, batches, frozenset(float_node_names(plain, tensors)))
+            made = _requantize(job, model, x, batches, frozenset(float_node_names(plain, tensors)), known)
             error = logit_error(run_all(made[0], ranked), reference)  # measured on the graph made
             tried.append([count, error])
             if best is None or error < best[0]:

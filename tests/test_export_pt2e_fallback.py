@@ -99,6 +99,59 @@ def test_the_switch_is_fake_quantize_bit_for_bit_and_vmap_batches_the_board(tmp_
     assert batched[0] == pytest.approx(looped[0], rel=1e-3)
 
 
+def test_a_graph_quantised_again_reuses_the_statistics_of_observers_it_shares(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """Calibration runs the float model, so an observer watching the same nodes with the same settings as
+    one calibrated before takes its statistics: a graph with other ops float converts to the same
+    quantisation parameters and logits as when calibrated from scratch, and observes less; the same graph
+    again observes nothing. Cases: a ReLU float and its conv int8 alone (the conv's output is observed
+    anew), and the input float (the stem conv float: the ReLU after it, whose observer the all-int8 graph
+    shares with the conv's output, is observed on its own)."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from edgezoo.export.pt2e_fallback import _observers, calibrate
+
+    calls = []
+    observe = HistogramObserver.forward
+    monkeypatch.setattr(HistogramObserver, "forward", lambda self, x: (calls.append(1), observe(self, x))[1])
+
+    def qparams(graph: torch.fx.GraphModule) -> list[tuple]:
+        return [(n.name, *n.args[1:3]) for n in graph.graph.nodes if n.op == "call_function"
+                and getattr(n.target, "__name__", "").startswith("quantize_per_tensor")]
+
+    model, job, batches = _job(tmp_path)
+    known: dict = {}
+    plain = et._convert(job, model, batches[0], batches, known=known)
+    assert known and calls
+    calls.clear()
+    again = et._convert(job, model, batches[0], batches, known=known)
+    assert not calls and qparams(again) == qparams(plain)
+    assert torch.equal(run_all(again, batches), run_all(plain, batches))
+    # observers given known statistics hold exactly a calibrated one's buffers, eps too (a setting that
+    # torchao's load_state_dict resets: per-channel scales of near-constant channels moved)
+    fresh, given = (prepare_pt2e(torch.export.export(model, (batches[0],)).module(), et._quantizer(model, job))
+                    for _ in range(2))
+    calibrate(fresh, batches)
+    calibrate(given, batches, known)
+    for (_, a, _), (_, b, _) in zip(_observers(fresh), _observers(given), strict=True):
+        for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers(), strict=True):
+            assert torch.equal(x, y), name
+    relu = next(n for n in plain.graph.nodes if n.target == torch.ops.aten.relu.default
+                and n.args[0].target == torch.ops.aten.conv2d.default)
+    conv = frozenset({relu.args[0].name})
+    cases = [(frozenset(float_node_names(plain, [relu.name])) - conv, conv),
+             (frozenset(float_node_names(plain, ["x"])), frozenset())]
+    for floats, forced in cases:
+        calls.clear()
+        reused = et._convert(job, model, batches[0], batches, floats, forced, known=known)
+        observed, calls[:] = len(calls), []
+        fresh = et._convert(job, model, batches[0], batches, floats, forced)
+        assert observed < len(calls)
+        assert qparams(reused) == qparams(fresh) != qparams(plain)
+        assert torch.equal(run_all(reused, batches), run_all(fresh, batches))
+
+
 def test_fallback_leaves_the_chosen_activations_float_and_cuts_the_error(tmp_path: Path) -> None:
     model, job, batches = _job(tmp_path, fallback=1)
     converted, _ = et._quantize(job, model, batches[0])
