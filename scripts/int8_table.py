@@ -119,9 +119,8 @@ def main() -> int:
         cells = [_cell(ckpt, fmt, opts, out, fp32_size) for fmt, opts in CELLS]
         rows.append({"model": name, "epochs": epochs, "img_size": size, "top1": top1, "cells": cells})
         print(f"{name}: " + " | ".join(_fmt(c) for c in cells), flush=True)
-        rows = _in_order(rows, kept)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # written after every row: a kill loses one row
+        args.json.write_text(json.dumps({"machine": machine, "rows": _in_order(rows, kept)}, indent=2))
     return _write(markdown(_in_order(rows, kept), machine), args.write)
 
 
@@ -133,10 +132,9 @@ def _kept_rows(path: Path, wanted: set[str] | None) -> list[dict[str, Any]]:
 
 
 def _in_order(rows: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's rows and the kept ones (other models), in the order of :data:`ROWS`."""
     order = {name: i for i, (name, _, _) in enumerate(ROWS)}
-    fresh = {r["model"] for r in rows}
-    merged = [r for r in kept if r["model"] not in fresh] + rows
-    return sorted(merged, key=lambda r: order.get(r["model"], len(order)))
+    return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
 
 
 def _write(table: str, readme: Path | None) -> int:
