@@ -140,8 +140,9 @@ class CascadedGroupAttention(nn.Module):
         ws = self.window_size
         bias = self.attention_bias()
         heads = self._heads_fused if self.fused else self._heads_train
-        if ws == H and ws == W and not torch.compiler.is_exporting():
-            y = heads(x, bias)
+        concrete = isinstance(H, int) and isinstance(W, int)
+        if ws == H and ws == W and (concrete or not torch.compiler.is_exporting()):
+            y = heads(x, bias)  # one window: an export with static sizes carries no partition either
         else:
             # Branch-free windowing when the size is symbolic (an export with dynamic height and width
             # stays valid for every size: zero padding is a no-op); with concrete sizes the no-op pad

@@ -84,7 +84,7 @@ def _read_training_meta(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(obj, dict):
         return {}
-    meta = {k: obj[k] for k in ("arch", "num_classes", "classes", "img_size") if k in obj}
+    meta = {k: obj[k] for k in ("arch", "num_classes", "classes", "img_size", "model_kwargs") if k in obj}
     config = obj.get("config")
     if isinstance(config, dict) and isinstance(config.get("data"), dict):
         meta["data"] = config["data"]
@@ -101,7 +101,7 @@ def _from_checkpoint(path: Path, model_name: str | None, img_size: int | None, u
     name = model_name or meta.get("arch")
     if not name:
         raise InvalidArgumentError(f"{path} does not record which model it holds: pass model=NAME (--model NAME)")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(meta.get("model_kwargs") or {})  # built as it was trained (e.g. img_size)
     num_classes = meta.get("num_classes")
     if num_classes is None:  # a foreign checkpoint: take the class count from its classifier
         with torch.device("meta"):

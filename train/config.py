@@ -55,6 +55,10 @@ class ModelCfg:
     checkpoint: str | None = None  # initial weights to fine-tune from (non-strict: a new classifier is fine)
     drop_path: float | None = None  # stochastic depth rate; None = the model's default
     drop_rate: float | None = None  # dropout before the classifier; None = the model's default
+    # The input side a size-dependent model is built for (EfficientViT-M's attention windows are
+    # min(7, each stage's feature size at it)): an int, "data" (= data.img_size), or None (the model's
+    # default, 224, as timm and the papers' code build it). Models without one ignore it.
+    img_size: int | str | None = None
 
 
 @dataclass
@@ -431,6 +435,8 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.run.save_every_steps >= 0, "run.save_every_steps must be >= 0 (0 = off)"),
         (cfg.data.num_classes is None or cfg.data.num_classes >= 1, "data.num_classes must be >= 1"),
         (cfg.data.img_size is None or cfg.data.img_size >= 8, "data.img_size must be >= 8"),
+        (cfg.model.img_size in (None, "data") or (isinstance(cfg.model.img_size, int) and cfg.model.img_size >= 8),
+         f"model.img_size must be a size >= 8, 'data' (the data's img_size) or null, got {cfg.model.img_size!r}"),
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
         (cfg.sched.epochs >= 1, "sched.epochs must be >= 1"),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),

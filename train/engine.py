@@ -29,7 +29,7 @@ from edgezoo.train.distributed import DistContext, all_gather_objects, all_reduc
 from edgezoo.train.preempt import Preemption
 from edgezoo.train.resume import ResumePlan, final_metrics, plan_resume
 
-__all__ = ["TrainingDivergedError", "create_train_model", "evaluate", "output_dir", "run"]
+__all__ = ["TrainingDivergedError", "create_train_model", "evaluate", "model_kwargs", "output_dir", "run"]
 
 
 class TrainingDivergedError(EdgezooError, RuntimeError):
@@ -44,11 +44,39 @@ def output_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model.name}-{data}"
 
 
-def create_train_model(cfg: TrainConfig, num_classes: int | None = None, meta: bool = False) -> nn.Module:
-    """The model named by ``model.name`` (edgezoo or timm) with the recipe's drop rates."""
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """What ``model.name`` is built with beyond classes and drop rates: ``{"img_size": S}`` for a model
+    whose structure depends on it (``model.img_size``; ``data`` = ``data.img_size``) and whose default
+    differs, else ``{}``. Recorded in every checkpoint (``model_kwargs``), so a loader builds the same net.
+
+    EfficientViT-M built for 224 px and trained at 48 px pads each 3x3 stage map to a 7x7 window
+    (49 tokens for 9); built for 48 px its windows are 3, 2 and 1 (the paper's ``min(7, resolution)``).
+    """
     import timm
 
-    kwargs: dict[str, Any] = {}
+    size = cfg.data.img_size if cfg.model.img_size == "data" else cfg.model.img_size
+    if size is None:
+        return {}
+    with torch.device("meta"):
+        default = timm.create_model(cfg.model.name).pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        if size == default:
+            return {}
+        try:
+            timm.create_model(cfg.model.name, img_size=size)
+        except TypeError as err:  # the model takes no img_size: its structure does not depend on one
+            if "img_size" in str(err):
+                return {}
+            raise
+    return {"img_size": int(size)}
+
+
+def create_train_model(cfg: TrainConfig, num_classes: int | None = None, meta: bool = False,
+                       built: dict[str, Any] | None = None) -> nn.Module:
+    """The model named by ``model.name`` (edgezoo or timm) with the recipe's drop rates, built with
+    ``built`` (a checkpoint's ``model_kwargs``) or else :func:`model_kwargs`."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(model_kwargs(cfg) if built is None else built)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if cfg.model.drop_path is not None:
@@ -153,14 +181,16 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         _seed_all(cfg.run.seed + ctx.rank)
 
-        self.dcfg = resolve_data_cfg(cfg, create_train_model(cfg, meta=True))
+        resumed = plan.state if plan is not None else None
+        self.built = dict(resumed.get("model_kwargs", {})) if resumed is not None else model_kwargs(cfg)
+        self.dcfg = resolve_data_cfg(cfg, create_train_model(cfg, meta=True, built=self.built))
         self.data = build_data(cfg, self.dcfg, ctx.rank, ctx.world)  # bad data fails before OUTPUT exists
         self.num_classes = self.data.num_classes
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             clean_stale_temp_files(self.out)
 
-        model = create_train_model(cfg, self.num_classes)
+        model = create_train_model(cfg, self.num_classes, built=self.built)
         if cfg.model.checkpoint:
             from edgezoo import load_checkpoint
 
@@ -247,6 +277,7 @@ class Trainer:
             "num_classes": self.num_classes,
             "classes": self.data.classes,
             "img_size": self.dcfg["img_size"],
+            "model_kwargs": self.built,  # how the model was built: loaders build it alike
             "world_size": self.ctx.world,
             "edgezoo_version": __version__,
         }

@@ -44,6 +44,8 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``key (saved there, now here)`` for every recipe key that differs, runtime keys aside."""
     a, b = _flatten(saved), _flatten(now)
     missing = "(absent)"
+    # a key added to the recipe after the run was saved: the run had its default
+    a = {**{k: v for k, v in _flatten(TrainConfig().to_dict()).items() if k not in a and k in b}, **a}
     keys = [k for k in sorted(set(a) | set(b)) if k not in RUNTIME_KEYS and a.get(k, missing) != b.get(k, missing)]
     return [f"{key} ({a.get(key, missing)!r} there, {b.get(key, missing)!r} now)" for key in keys]
 

@@ -101,7 +101,10 @@ def main_worker(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--set", action="append", default=[])
     a = p.parse_args(argv)
-    cfg = resolve_config(None, model=a.model, data=a.data, overrides=a.set, sched__epochs=a.epochs,
+    # the mix models stay built for 224 px (their position tables and windows), whatever size they train at:
+    # the sweep compares mixers at one architecture, and its cost curve times them far above the digits' size
+    cfg = resolve_config(None, model=a.model, data=a.data, overrides=["model.img_size=null", *a.set],
+                         sched__epochs=a.epochs,
                          data__img_size=a.img_size, data__batch_size=a.batch_size, run__output=a.output)
     result = run(cfg, resume=True)
     if result.get("finished") and (Path(a.output) / "memory.json").is_file():

@@ -50,13 +50,14 @@ def validate_checkpoint(
         cfg.data.crop_pct = 1.0  # as configs/digits.yaml trains
     ctx = setup(device)
     try:
-        dcfg = resolve_data_cfg(cfg, create_train_model(cfg, meta=True))
+        built = meta.get("model_kwargs", {})  # built as trained, whatever size it is validated at
+        dcfg = resolve_data_cfg(cfg, create_train_model(cfg, meta=True, built=built))
         bundle = build_data(cfg, dcfg, ctx.rank, ctx.world, train=False)
         classes = meta.get("classes") or bundle.classes
         num_classes = int(meta.get("num_classes") or bundle.num_classes)
         if num_classes != bundle.num_classes:
             raise CheckpointError(f"{ckpt} predicts {num_classes} classes but {data} has {bundle.num_classes}")
-        net = create_train_model(cfg, num_classes)
+        net = create_train_model(cfg, num_classes, built=built)
         load_checkpoint(net, ckpt, strict=True, use_ema=use_ema)
         net.to(ctx.device)
         result = evaluate(net, bundle.val, ctx, num_classes, confusion=True)
@@ -75,7 +76,7 @@ def validate_checkpoint(
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    """``num_classes``, ``classes`` and ``img_size`` recorded in an edgezoo training checkpoint."""
+    """``num_classes``, ``classes``, ``img_size`` and ``model_kwargs`` recorded in an edgezoo training checkpoint."""
     if path.suffix == ".safetensors":
         return {}
     try:
@@ -84,4 +85,4 @@ def _read_meta(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(obj, dict):
         return {}
-    return {k: obj[k] for k in ("num_classes", "classes", "img_size") if k in obj}
+    return {k: obj[k] for k in ("num_classes", "classes", "img_size", "model_kwargs") if k in obj}

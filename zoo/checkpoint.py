@@ -61,7 +61,10 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Read a checkpoint file and return its weights as a flat ``{key: tensor}`` dict."""
-    obj = _read_file(Path(path))
+    return _weights(_read_file(Path(path)), path, use_ema)
+
+
+def _weights(obj: Any, path: str | os.PathLike, use_ema: bool) -> dict[str, torch.Tensor]:
     keys = (_EMA_KEYS + _NESTED_KEYS) if use_ema else _NESTED_KEYS
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
         inner = next((obj[k] for k in keys if k in obj and isinstance(obj[k], Mapping)), None)
@@ -83,6 +86,21 @@ def _remap(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
     if spec is not None and spec.filter_fn is not None:
         return spec.filter_fn(state_dict, model)
     return state_dict
+
+
+def _check_built_alike(state_dict: dict[str, torch.Tensor], model: nn.Module, built: Mapping[str, Any],
+                       path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose model was built with ``built`` (e.g. ``img_size=48``: smaller attention
+    windows) when ``model``'s same-named weights have other shapes: the family's remap would resize them."""
+    expected = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+              for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    if shapes:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(built.items()))
+        how = f"create_model(name, {args})" if args else "create_model(name) with the default img_size"
+        raise CheckpointError(f"{path} was trained on a model built with {args or 'its defaults'}, which this "
+                              f"one is not ({len(shapes)} wrongly shaped [{_summarise(shapes, 2)}]): build it "
+                              f"with {how}")
 
 
 def _summarise(keys: list[str], limit: int = 6) -> str:
@@ -138,7 +156,11 @@ def load_checkpoint(
     Returns:
         ``{"missing": [...], "unexpected": [...], "skipped": [...]}`` (all empty when strict).
     """
-    state_dict = read_state_dict(path, use_ema=use_ema)
+    obj = _read_file(Path(path))
+    state_dict = _weights(obj, path, use_ema)
+    built = obj.get("model_kwargs") if isinstance(obj, Mapping) else None
+    if strict and isinstance(built, Mapping):  # edgezoo's training checkpoint: a resize in _remap changes its function
+        _check_built_alike(state_dict, model, built, path)
     if remap:
         state_dict = _remap(state_dict, model)
     name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
