@@ -147,3 +147,20 @@ def test_export_at_a_window_multiple_has_no_alias_nodes() -> None:
     program = torch.export.export(model, (torch.randn(1, 3, 224, 224),)).run_decompositions({})
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert not any("alias" in t for t in targets), sorted(t for t in targets if "alias" in t)
+
+
+def test_static_export_of_one_window_maps_has_no_partition() -> None:
+    """Built for 48 px, every stage map at 48 px is exactly one window (3, 2, 1): a static export runs the
+    heads on the map directly (no window view/permute, which XNNPACK runs as copies); at 80 px (maps 5x5,
+    3x3, 2x2 against windows 3, 2, 1) every block partitions. Both equal eager."""
+    model = edgezoo.fuse(randomize_damped_(edgezoo.create_model("ez_efficientvit_m0", img_size=48)))
+
+    def permutes(program: torch.export.ExportedProgram) -> int:
+        return sum(1 for n in program.graph.nodes if n.op == "call_function" and "permute" in str(n.target))
+
+    with torch.no_grad():
+        for side, expected in ((48, 0), (80, 2 * 6)):  # a permute in and out of each of the 6 blocks
+            x = torch.randn(1, 3, side, side)
+            program = torch.export.export(model, (x,))
+            assert permutes(program) == expected
+            assert rel_err(program.module()(x), model(x)) <= TOL
