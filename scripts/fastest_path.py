@@ -17,7 +17,9 @@ its speed-up over onnxruntime fp32.
 A model's runtimes are timed *interleaved* (``bench(interleave_runtimes=True)``: turns of 10 calls,
 each after an untimed one), so every speed-up is a ratio from one stretch of time. Timed one runtime
 after another, a runtime's figure at 32 px moved by up to 2x between two runs 20 minutes apart, with
-whatever else the machine did in its minute; ``--sequential`` times them that way.
+whatever else the machine did in its minute; ``--sequential`` times them that way. Even interleaved, a
+ratio at 48 px moved between 1.30x and 2.20x in nine runs within an hour (session 18): ``--repeat R``
+runs everything R times and reports the median per-pass ratio with its range.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main() -> int:
                         help="trained checkpoints and exported artifacts, reused later (default runs/int8-table)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="passes of the whole run; speed-ups are the median of the per-pass ratios (default 1)")
     parser.add_argument("--runtime", default=RUNTIMES, help=f"runtimes (default {RUNTIMES})")
     parser.add_argument("--models", help="comma-separated subset of the rows' models")
     parser.add_argument("--img-size", type=int, help="train and time every row at this size instead of its own "
@@ -84,7 +88,8 @@ def main() -> int:
         report = merge_reports(base, report, note=" ".join(sys.argv)) if base else report
         save_report(report, output_path(target, report, suffix))
 
-    report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=Protocol(runs=args.runs),
+    protocol = Protocol(runs=args.runs, repeat=args.repeat)
+    report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=protocol,
                    agree=360, calib="digits", on_progress=save,  # every held-out digit
                    work_dir=args.work / "bench-artifacts", interleave_runtimes=not args.sequential)
     save(report)

@@ -92,7 +92,7 @@ def test_protocol_blocks_time_turns_of_consecutive_calls_after_an_untimed_one() 
     assert stats["a"].min_ms >= 4.0 and stats["b"].min_ms >= 12.0
 
 
-@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}, {"block": 0}])
+@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}, {"block": 0}, {"repeat": 0}])
 def test_protocol_rejects_bad_settings(kwargs) -> None:
     from edgezoo.errors import InvalidArgumentError
 
@@ -230,6 +230,83 @@ def test_bench_interleaves_runtimes_in_turns(fake_runtimes) -> None:
     assert 0.35 <= int8["latency_ms"]["p50"] / fp32["latency_ms"]["p50"] <= 0.7
     with pytest.raises(InvalidArgumentError, match="cannot also interleave runtimes or sizes"):
         bench([SMALL], runtimes[:1], compare_timm=True, interleave_runtimes=True, progress=False)
+
+
+class _DriftRuntime(_SleepRuntime):
+    """fp32 and int8 sleep for what ``schedule[pass]`` says (ms); the test moves ``now`` on after each pass."""
+
+    name = "test-drift"
+    schedule: ClassVar[list[dict[str, float]]] = [{"fp32": 2, "int8": 1}, {"fp32": 6, "int8": 2},
+                                                  {"fp32": 3, "int8": 3}]
+    now: ClassVar[list[int]] = [0]
+
+    def load(self, item, precision, batch):
+        ms = self.schedule[self.now[0]][precision]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            time.sleep(ms / 1e3)
+            return np.zeros((x.shape[0], 10), np.float32)
+        return run
+
+
+def test_repeat_runs_the_plan_again_and_a_ratio_is_the_median_of_the_passes(monkeypatch) -> None:
+    """``Protocol(repeat=3)``: three passes, each loading the runtimes again; a record's p50 is the median of its
+    passes', and the speed-up the median of the per-pass ratios (2x here, where the ratio of the median p50s is
+    1.5x), with its range; agreement is measured in the first pass only."""
+    from edgezoo.export.bench import run as bench_run
+    from edgezoo.export.bench.markdown import markdown
+    from edgezoo.export.bench.passes import ratio
+
+    drift = _DriftRuntime()
+    _RUNTIMES[drift.name] = drift
+    drift.now[0] = 0
+    agreed: list[str] = []
+    monkeypatch.setattr(bench_run, "_agreement", lambda runner, it, n, calib: agreed.append("x") or
+                        {"top1_agreement": 1.0, "images": n, "calib": calib})
+
+    def next_pass(report: dict) -> None:
+        drift.now[0] = min(drift.now[0] + 1, 2)
+    try:
+        report = bench([SMALL], [(drift, ["fp32", "int8"])], threads=1, img_sizes=[32], progress=False, agree=5,
+                       interleave_runtimes=True, on_progress=next_pass,
+                       protocol=Protocol(warmup=1, runs=8, block=2, max_seconds=30, repeat=3))
+    finally:
+        _RUNTIMES.pop(drift.name)
+    validate_report(report)
+    fp32, int8 = report["records"]
+    assert report["protocol"]["repeat"] == 3 and fp32["runs"] == int8["runs"] == 24
+    assert len(fp32["pass_p50_ms"]) == len(int8["pass_p50_ms"]) == 3
+    assert [round(p) for p in fp32["pass_p50_ms"]] == [2, 6, 3] and [round(p) for p in int8["pass_p50_ms"]] == [1, 2, 3]
+    assert fp32["latency_ms"]["p50"] == pytest.approx(float(np.median(fp32["pass_p50_ms"])), abs=1e-4)
+    assert fp32["latency_ms"]["min"] >= 2.0 and fp32["latency_ms"]["min"] < 3.0  # the least of every pass
+    assert agreed == ["x", "x"] and int8["agreement"]["top1_agreement"] == 1.0  # once per record, first pass
+    speedup = ratio(fp32, int8)
+    assert speedup.passes == 3 and 1.75 <= speedup.median <= 2.05  # the ratio of the medians would be 1.5
+    assert 0.9 <= speedup.low <= 1.1 and 2.6 <= speedup.high <= 3.05
+    fp32["runtime"] = "ort"  # the README's speed-up column is against onnxruntime fp32
+    text = markdown(digits=report)
+    assert f"`test-drift int8` {speedup.median:.2f}x ({speedup.low:.2f}-{speedup.high:.2f}, 3 passes)" in text
+    assert "the whole plan run 3 times" in text
+
+
+def test_combine_passes_and_ratio_of_single_runs() -> None:
+    """A failed later pass is left out and counted; one pass is the record as it is; records without passes
+    give the plain ratio of their p50."""
+    from edgezoo.export.bench.passes import combine, ratio
+
+    def rec(p50: float, status: str = "ok") -> dict:
+        if status != "ok":
+            return {"status": status, "batch": 1, "error": "RuntimeError: gone"}
+        return {"status": "ok", "batch": 1, "runs": 10, "seconds": p50 / 100,
+                "latency_ms": {"p50": p50, "p90": p50 + 1, "min": p50 - 0.5, "mean": p50 + 0.1}}
+
+    merged = combine([rec(2.0), rec(9.0, "failed"), rec(4.0)])
+    assert merged["pass_p50_ms"] == [2.0, 4.0] and merged["failed_passes"] == 1 and merged["runs"] == 20
+    assert merged["latency_ms"] == {"p50": 3.0, "p90": 4.0, "min": 1.5, "mean": 3.1}
+    assert merged["throughput_ips"] == pytest.approx(1e3 / 3.0, abs=0.01)
+    assert combine([rec(5.0)]) == rec(5.0) and combine([rec(1.0, "failed"), rec(2.0)])["status"] == "failed"
+    single = ratio(rec(6.0), rec(3.0))
+    assert (single.median, single.passes, single.text()) == (2.0, 1, "2.00x")
 
 
 class _PixelsRuntime(_SleepRuntime):
@@ -478,6 +555,7 @@ def test_cli_bad_input_one_line_errors(tmp_path, capsys) -> None:
     assert "does not match" in _error(capsys, ["bench", str(wrong)])
     assert "no timm counterpart" in _error(capsys, ["bench", "ez_focalnet_edge_xs", "--compare-timm"])
     assert "name models" in _error(capsys, ["bench"])
+    assert "--repeat must be >= 1 pass" in _error(capsys, ["bench", SMALL, "--repeat", "0"])
 
 
 def test_op_profile_counts_kernels_per_run(tmp_path) -> None:

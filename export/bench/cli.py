@@ -110,7 +110,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         read_accuracy(args.accuracy)  # a bad file fails before the benchmark, not after it
     if args.agree < 0:
         raise InvalidArgumentError(f"--agree must be >= 0, got {args.agree}")
-    protocol = Protocol(warmup=args.warmup, runs=args.runs, max_seconds=args.seconds, block=args.block)
+    protocol = Protocol(warmup=args.warmup, runs=args.runs, max_seconds=args.seconds, block=args.block,
+                        repeat=args.repeat)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     suffix = "-timm" if args.compare_timm else "-sizes" if args.sizes else ""
 
@@ -157,6 +158,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=100, help="timed runs per record (default 100)")
     p.add_argument("--seconds", type=float, default=10.0, help="at most this long timing one record (default 10)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--repeat", type=int, default=1, metavar="R",
+                   help="run the whole benchmark R times, every runtime loaded again each time; a record's latency "
+                        "is the median of its passes and a ratio the median of the per-pass ratios, with its range "
+                        "(default 1; on a shared machine a single run's ratio is one draw)")
     p.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-architecture model with the same weights, interleaved; report ratios")
     p.add_argument("--interleave-runtimes", action="store_true",

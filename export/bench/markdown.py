@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgezoo.export.bench.passes import ratio
+
 __all__ = ["fastest", "markdown"]
 
 
@@ -68,8 +70,7 @@ def _runtime_table(report: dict[str, Any]) -> list[str]:
                 text += f" ({r['agreement']['top1_agreement']:.1%})"
             row.append(text)
         ort, win = cells.get("ort fp32"), best.get(m)
-        row.append(f"`{_column(win)}` {ort['latency_ms']['p50'] / win['latency_ms']['p50']:.2f}x"
-                   if ort and win else "")
+        row.append(f"`{_column(win)}` {ratio(ort, win).text()}" if ort and win else "")
         tput = [r for r in _ok(report) if r["model"] == m and r["batch"] == big]
         top = max(tput, key=lambda r: r["throughput_ips"], default=None)
         row.append(f"{top['throughput_ips']:.0f} (`{_column(top)}`)" if top and big > 1 else "")
@@ -93,12 +94,17 @@ def _timm_table(report: dict[str, Any]) -> list[str]:
         rate = 2 * r["macs"] * r["batch"] / r["latency_ms"]["p50"] / 1e6 if r.get("macs") else None
         lines.append(f"| `{r['model']}` | `{c['timm_model']}` | `{_column(r)}` b{r['batch']} | "
                      f"{r['latency_ms']['p50']:.2f} | {c['timm_latency_ms']['p50']:.2f} | "
-                     f"{c['ratio_p50']:.3f} | {c['ratio_min']:.3f} | {f'{rate:.0f}' if rate else ''} |")
+                     f"{c['ratio_p50']:.3f}{_range(c)} | {c['ratio_min']:.3f} | {f'{rate:.0f}' if rate else ''} |")
     lines += ["", "Same weights (timm's mapped into edgezoo's model, outputs checked equal), same exporter and "
                   "runtime, runs interleaved; below 1.0 edgezoo is faster. edgezoo in its deploy form "
                   "(`edgezoo.fuse`), timm as timm ships it (eval). GFLOP/s: 2 x MACs / p50, how much of this "
                   "CPU's arithmetic a model uses (the ResNets' large convolutions show what the runtime reaches)."]
     return lines
+
+
+def _range(compare: dict[str, Any]) -> str:
+    low_high = compare.get("ratio_p50_range")
+    return f" ({low_high[0]:.3f}-{low_high[1]:.3f})" if low_high else ""
 
 
 def _curve_table(report: dict[str, Any], png: str | None) -> list[str]:
@@ -136,7 +142,7 @@ def _footer(report: dict[str, Any]) -> str:
     gflops = f", fp32 matmul {fp['matmul_gflops_fp32']:.0f} GFLOP/s" if fp.get("matmul_gflops_fp32") else ""
     return (f"`{fp['id']}`: {fp['cpu']} ({flags}), {fp['usable_cores']} usable cores, {fp['threads']} threads"
             f"{gflops}, {gpu}; {vers}. Protocol: {pr['warmup']} warm-up runs, then up to {pr['runs']} timed runs "
-            f"or {pr['max_seconds']:g} s{_interleaving(report)}; {report['started'][:10]}.")
+            f"or {pr['max_seconds']:g} s{_interleaving(report)}{_passes(report)}; {report['started'][:10]}.")
 
 
 def _interleaving(report: dict[str, Any]) -> str:
@@ -149,6 +155,15 @@ def _interleaving(report: dict[str, Any]) -> str:
     if block > 1:
         return f", each model's {what} interleaved in turns of {block} calls (each after an untimed one)"
     return f", each model's {what} interleaved call by call" if what == "sizes" else ", interleaved call by call"
+
+
+def _passes(report: dict[str, Any]) -> str:
+    """How many passes of the plan ran (``--repeat``), for the footer."""
+    repeat = report["protocol"].get("repeat", 1)
+    if repeat < 2:
+        return ""
+    return (f"; the whole plan run {repeat} times, every runtime loaded again each time: latencies are the median "
+            f"of the passes' p50, ratios the median of the per-pass ratios (their range in brackets)")
 
 
 def markdown(runtimes: dict[str, Any] | None = None, timm: dict[str, Any] | None = None,

@@ -35,6 +35,8 @@ class Protocol:
     ``runs`` timed calls or ``max_seconds`` of timed rounds have passed, whichever comes first
     (at least ``min_runs`` calls each, so a slow model still gets statistics). A round gives each
     callable a turn of ``block`` timed calls, after one untimed call when ``block`` > 1.
+    ``repeat`` is for :func:`edgezoo.export.bench.bench`: it runs its whole plan that many times
+    (:mod:`edgezoo.export.bench.passes`); :func:`measure` times one pass.
     """
 
     warmup: int = 10
@@ -42,6 +44,7 @@ class Protocol:
     max_seconds: float = 10.0
     min_runs: int = 3
     block: int = 1
+    repeat: int = 1
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -54,6 +57,8 @@ class Protocol:
             raise InvalidArgumentError(f"min_runs must be >= 1, got {self.min_runs}")
         if self.block < 1:
             raise InvalidArgumentError(f"--block must be >= 1 timed call per turn, got {self.block}")
+        if self.repeat < 1:
+            raise InvalidArgumentError(f"--repeat must be >= 1 pass, got {self.repeat}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

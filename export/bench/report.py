@@ -128,6 +128,8 @@ def _cell(rec: dict[str, Any]) -> list[str]:
     mem = rec.get("peak_memory_mb")
     cmp = rec.get("compare", {}).get("ratio_p50")
     note = f"{cmp:.3f}x {rec['compare']['timm_model']}" if cmp is not None else ""
+    if rec.get("pass_p50_ms"):
+        note = (note + " " if note else "") + f"{len(rec['pass_p50_ms'])} passes"
     agree = rec.get("agreement")
     if agree:
         note = (note + " " if note else "") + f"agree {agree['top1_agreement']:.1%}"

@@ -32,6 +32,7 @@ import numpy as np
 from edgezoo.errors import InvalidArgumentError
 from edgezoo.export.bench.fingerprint import fingerprint
 from edgezoo.export.bench.memory import PeakRss
+from edgezoo.export.bench.passes import combine, ratio
 from edgezoo.export.bench.protocol import Protocol, Stats, measure
 from edgezoo.export.bench.runtime import Artifacts, BenchItem, Runner, Runtime
 
@@ -222,9 +223,25 @@ def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float)
     ref["role"], ref["pair_of"], ez["role"] = "timm", ez["model"], "edgezoo"
     ez["compare"] = {"timm_model": timm_name, "outputs_rel_err": rel_err}
     if ez["status"] == "ok" and ref["status"] == "ok":
-        ez["compare"].update(timm_latency_ms=ref["latency_ms"],
-                             ratio_p50=round(ez["latency_ms"]["p50"] / ref["latency_ms"]["p50"], 4),
-                             ratio_min=round(ez["latency_ms"]["min"] / ref["latency_ms"]["min"], 4))
+        p50 = ratio(ez, ref)  # with several passes: the median of the per-pass ratios
+        ez["compare"].update(timm_latency_ms=ref["latency_ms"], ratio_p50=round(p50.median, 4),
+                             ratio_min=round(ratio(ez, ref, "min").median, 4))
+        if p50.passes > 1:
+            ez["compare"]["ratio_p50_range"] = [round(p50.low, 4), round(p50.high, 4)]
+
+
+def _combined(passes: list[list[list[dict[str, Any]]]], tasks: list[tuple[list[Entry], int, tuple[str, float] | None]],
+              ) -> list[dict[str, Any]]:
+    """The records of the tasks run so far, each one :func:`~edgezoo.export.bench.passes.combine` of its passes."""
+    records: list[dict[str, Any]] = []
+    for done, (_, _, pair) in zip(passes, tasks, strict=True):
+        if not done:
+            continue
+        recs = [combine([p[i] for p in done]) for i in range(len(done[0]))]
+        if pair is not None:
+            _pair_records(recs, *pair)
+        records.extend(recs)
+    return records
 
 
 def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: bool, threads: int, work: Path,
@@ -275,7 +292,8 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
     ``protocol.block`` calls (:data:`INTERLEAVE_BLOCK` when the protocol says 1): their ratios then come
     from one stretch of time, as a pair's do with ``compare_timm``. ``interleave_sizes`` times a model's
     ``img_sizes`` together: a cost curve whose points come from one stretch of time (with
-    ``interleave_runtimes``, every size on every runtime).
+    ``interleave_runtimes``, every size on every runtime). ``protocol.repeat`` > 1 runs the whole plan
+    that many times and combines each record's passes (:mod:`edgezoo.export.bench.passes`).
     """
     from tqdm import tqdm
 
@@ -304,16 +322,22 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
                              interleave_sizes and len(img_sizes) > 1)
             fp = fingerprint(threads)
             tasks = _tasks(groups, runtimes, batches, interleave_runtimes)
-            bar = tqdm(tasks, disable=not progress, unit="run", dynamic_ncols=True, leave=False)
-            for entries, batch, pair in bar:
-                what = entries[0][1].name if len(entries) == 1 or pair else f"{len(entries)} runtimes"
-                bar.set_description(f"{entries[0][0].name}@{entries[0][0].src.input_size[1]} {what} b{batch}")
-                recs = _run_one(entries, batch, run_protocol, fp["id"], agree, calib, op_profile)
-                if pair is not None:
-                    _pair_records(recs, *pair)
-                records.extend(recs)
-                if on_progress is not None:
-                    on_progress(_report(started, [*load, _load_average()], fp, run_protocol, records))
+            passes: list[list[list[dict[str, Any]]]] = [[] for _ in tasks]  # per task: each pass's records
+            bar = tqdm(total=len(tasks) * protocol.repeat, disable=not progress, unit="run", dynamic_ncols=True,
+                       leave=False)
+            for n in range(protocol.repeat):  # the whole plan again: a record's passes are apart in time
+                for k, (entries, batch, pair) in enumerate(tasks):
+                    what = entries[0][1].name if len(entries) == 1 or pair else f"{len(entries)} runtimes"
+                    again = f" pass {n + 1}/{protocol.repeat}" if protocol.repeat > 1 else ""
+                    bar.set_description(f"{entries[0][0].name}@{entries[0][0].src.input_size[1]} {what} b{batch}"
+                                        f"{again}")
+                    first = n == 0  # agreement and the op profile are measured once
+                    passes[k].append(_run_one(entries, batch, run_protocol, fp["id"], agree if first else 0, calib,
+                                              op_profile and first))
+                    records = _combined(passes, tasks)
+                    if on_progress is not None:
+                        on_progress(_report(started, [*load, _load_average()], fp, run_protocol, records))
+                    bar.update()
             bar.close()
     finally:
         gc.unfreeze()
