@@ -8,6 +8,8 @@ A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compa
 and ``<id>-digits-<S>px.json`` (``scripts/fastest_path.py``: digits-trained models, agreement-gated),
 for the fingerprint id whose main report is newest, or the one given with ``--fingerprint``; a kind of
 report that machine has none of is taken from the newest machine that has one (its footer names it).
+"Newest" is the last run a report records (``finished``, or its latest ``merged_runs``), never a file's
+modification time, which a fresh clone sets to the moment of checkout.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], 
     if fingerprint is None:
         if not mains:
             raise SystemExit(f"no benchmark reports in {folder}: run make bench")
-        fingerprint = max(mains, key=lambda p: p.stat().st_mtime).stem
+        fingerprint = max(mains, key=_finished).stem
     paths = [_this_or_newest(folder, fingerprint, s) for s in _SUFFIXES]
     reports = [load_report(p) if p is not None else None for p in paths]
     sized = sorted(folder.glob(f"{fingerprint}-digits-*px.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1][:-2]))
@@ -49,7 +51,13 @@ def _this_or_newest(folder: Path, fingerprint: str, suffix: str) -> Path | None:
         return own
     others = [p for p in folder.glob(f"*{suffix}.json") if suffix or not p.stem.endswith(_SUFFIXES[1:])]
     others = [p for p in others if not re.search(r"-digits-\d+px$", p.stem)]
-    return max(others, key=lambda p: p.stat().st_mtime) if others and suffix else None
+    return max(others, key=_finished) if others and suffix else None
+
+
+def _finished(path: Path) -> str:
+    """When the report at ``path`` last ran: its ``finished`` or its newest merged run's (ISO 8601, comparable)."""
+    report = json.loads(path.read_text())
+    return max([report.get("finished", ""), *(r.get("finished", "") for r in report.get("merged_runs", []))])
 
 
 def main() -> int:

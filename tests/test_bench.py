@@ -366,7 +366,7 @@ def _synthetic_report(sizes=(224,), runtimes=(("ort", "fp32", 1.0), ("ort-int8",
                              "threads": 2, "status": "ok", "fingerprint": "fp", "macs": int(macs),
                              "latency_ms": {"p50": p50, "p90": p50 * 1.1, "min": p50 * 0.9, "mean": p50},
                              "runs": 10, "seconds": 0.1, "throughput_ips": 1e3 / p50, "peak_memory_mb": 10.0})
-    return {"schema": "edgezoo.bench/1", "started": "2026-01-01T00:00:00", "finished": "x",
+    return {"schema": "edgezoo.bench/1", "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:00:10",
             "fingerprint": {"id": "fp", "cpu": "Test CPU", "flags": {"avx2": True}, "threads": 2, "usable_cores": 2,
                             "gpus": [], "versions": {"torch": "2"}},
             "protocol": Protocol().to_dict(), "records": recs}
@@ -426,6 +426,11 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
         r["agreement"], r["interleaved_with"] = {"top1_agreement": 1.0}, 1
     sized["protocol"]["block"] = 10
     save_report(sized, results / "fp-digits-128px.json")  # the fastest path at 128 px: a part of its own
+    older = _synthetic_report()
+    older["fingerprint"]["id"], older["fingerprint"]["cpu"], older["finished"] = "old", "Old CPU", "2025-01-01"
+    for r in older["records"]:
+        r["fingerprint"] = "old"
+    save_report(older, results / "old.json")  # the newest file, the oldest run: never the section's machine
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n")
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
@@ -435,6 +440,7 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     assert done.value.code == 0
     out = readme.read_text()
     assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- bench:end -->\ntail\n")
+    assert "Test CPU" in out and "Old CPU" not in out
     assert "**Fastest faithful path (128 px, digits-trained models" in out and "(80, 128)" in out
     assert "interleaved in turns of 10 calls" in out
 
