@@ -4,10 +4,12 @@
     python scripts/bench_table.py bench/results --write README.md  # splice it between the bench markers
 
 A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compare-timm``) and
-``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) and ``<id>-digits.json``
-and ``<id>-digits-<S>px.json`` (``scripts/fastest_path.py``: digits-trained models, agreement-gated),
-for the fingerprint id whose main report is newest, or the one given with ``--fingerprint``; a kind of
-report that machine has none of is taken from the newest machine that has one (its footer names it).
+``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) for the fingerprint id whose
+main report is newest, or the one given with ``--fingerprint``; a kind of report that machine has none
+of is taken from the newest machine that has one (its footer names it). The fastest-faithful-path
+reports ``<id>-digits.json`` and ``<id>-digits-<S>px.json`` (``scripts/fastest_path.py``: digits-trained
+models, agreement-gated) come from every machine: that machine's first, then the others', newest first,
+since which path wins depends on the CPU (int8 pays with VNNI, not without).
 "Newest" is the last run a report records (``finished``, or its latest ``merged_runs``), never a file's
 modification time, which a fresh clone sets to the moment of checkout.
 """
@@ -23,14 +25,14 @@ from pathlib import Path
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-_SUFFIXES = ("", "-timm", "-sizes", "-digits")
+_SUFFIXES = ("", "-timm", "-sizes")
 
 
 def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], str | None]:
     from edgezoo.export.bench.report import load_report
 
     mains = [p for p in folder.glob("*.json")  # scripts' own JSON (int8_activations.py) is not a report
-             if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits-\d+px$", p.stem)
+             if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits(-\d+px)?$", p.stem)
              and "schema" in json.loads(p.read_text())]
     if fingerprint is None:
         if not mains:
@@ -38,9 +40,23 @@ def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], 
         fingerprint = max(mains, key=_finished).stem
     paths = [_this_or_newest(folder, fingerprint, s) for s in _SUFFIXES]
     reports = [load_report(p) if p is not None else None for p in paths]
-    sized = sorted(folder.glob(f"{fingerprint}-digits-*px.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1][:-2]))
     png = paths[2].with_suffix(".png") if paths[2] is not None else folder / f"{fingerprint}-sizes.png"
-    return [*reports, [load_report(p) for p in sized]], (str(png) if png.is_file() else None)
+    return [*reports, [load_report(p) for p in _digits(folder, fingerprint)]], (str(png) if png.is_file() else None)
+
+
+def _digits(folder: Path, fingerprint: str) -> list[Path]:
+    """Every machine's fastest-path reports: ``fingerprint``'s first, then the other machines', the one that
+    ran last first; a machine's report at its rows' own sizes, then those at one size, smallest first."""
+    machines: dict[str, list[Path]] = {}
+    for path in folder.glob("*-digits*.json"):
+        if match := re.fullmatch(r"(.+)-digits(-\d+px)?", path.stem):
+            machines.setdefault(match[1], []).append(path)
+    newest = sorted(machines, key=lambda m: max(_finished(p) for p in machines[m]), reverse=True)
+    order = sorted(newest, key=lambda m: m != fingerprint)  # stable: the rest stay newest first
+
+    def size(path: Path) -> int:
+        return int(path.stem.rsplit("-", 1)[1][:-2]) if path.stem.endswith("px") else 0
+    return [p for m in order for p in sorted(machines[m], key=size)]
 
 
 def _this_or_newest(folder: Path, fingerprint: str, suffix: str) -> Path | None:
@@ -50,7 +66,6 @@ def _this_or_newest(folder: Path, fingerprint: str, suffix: str) -> Path | None:
     if own.is_file():
         return own
     others = [p for p in folder.glob(f"*{suffix}.json") if suffix or not p.stem.endswith(_SUFFIXES[1:])]
-    others = [p for p in others if not re.search(r"-digits-\d+px$", p.stem)]
     return max(others, key=_finished) if others and suffix else None
 
 
@@ -70,10 +85,10 @@ def main() -> int:
     parser.add_argument("--fingerprint", help="which machine's reports (default: the newest)")
     parser.add_argument("--write", type=Path, metavar="README")
     args = parser.parse_args()
-    (runtimes, timm, sizes, digits, digits_sized), png = _reports(args.folder, args.fingerprint)
+    (runtimes, timm, sizes, digits), png = _reports(args.folder, args.fingerprint)
     if args.write and png:
         png = str(Path(png).resolve().relative_to(args.write.resolve().parent))
-    text = markdown(runtimes, timm, sizes, png, digits=[d for d in (digits, *digits_sized) if d])
+    text = markdown(runtimes, timm, sizes, png, digits=digits)
     if args.write:
         args.write.write_text(splice(args.write.read_text(), text, START, END))
     else:

@@ -431,6 +431,11 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     for r in older["records"]:
         r["fingerprint"] = "old"
     save_report(older, results / "old.json")  # the newest file, the oldest run: never the section's machine
+    older_digits = _synthetic_report(sizes=(32,))
+    older_digits["fingerprint"] = older["fingerprint"]
+    for r in older_digits["records"]:
+        r["fingerprint"] = "old"
+    save_report(older_digits, results / "old-digits.json")  # another machine's fastest paths: after this one's
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n")
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
@@ -440,7 +445,8 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     assert done.value.code == 0
     out = readme.read_text()
     assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- bench:end -->\ntail\n")
-    assert "Test CPU" in out and "Old CPU" not in out
+    assert out.index("`fp`: Test CPU") < out.index("**Fastest faithful path (128 px") < out.index("`old`: Old CPU")
+    assert out.count("Old CPU") == 1 and "(80, 32)" in out  # only old's fastest-path part, after fp's
     assert "**Fastest faithful path (128 px, digits-trained models" in out and "(80, 128)" in out
     assert "interleaved in turns of 10 calls" in out
 
