@@ -158,12 +158,13 @@ def _interleaving(report: dict[str, Any]) -> str:
 
 
 def _passes(report: dict[str, Any]) -> str:
-    """How many passes of the plan ran (``--repeat``), for the footer."""
-    repeat = report["protocol"].get("repeat", 1)
-    if repeat < 2:
+    """How many passes of the plan its records ran (``--repeat``; merged runs may differ), for the footer."""
+    counts = sorted({len(r["pass_p50_ms"]) for r in report["records"] if r.get("pass_p50_ms")})
+    if not counts:
         return ""
-    return (f"; the whole plan run {repeat} times, every runtime loaded again each time: latencies are the median "
-            f"of the passes' p50, ratios the median of the per-pass ratios (their range in brackets)")
+    return (f"; the whole plan run {' or '.join(map(str, counts))} times, every runtime loaded again each time: "
+            f"latencies are the median of the passes' p50, ratios the median of the per-pass ratios (their range "
+            f"in brackets)")
 
 
 def markdown(runtimes: dict[str, Any] | None = None, timm: dict[str, Any] | None = None,
