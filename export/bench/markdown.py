@@ -51,9 +51,10 @@ def _runtime_table(report: dict[str, Any]) -> list[str]:
     models = list(dict.fromkeys(r["model"] for r in recs))
     best = fastest(report)
     big = max((r["batch"] for r in _ok(report)), default=1)
+    tput_col = f" img/s at batch {big} (best) |" if big > 1 else ""  # batch 1 only: its img/s is 1000 / p50
     lines = ["| model (MMACs, px) | " + " | ".join(f"`{c}`" for c in cols if c not in absent) +
-             f" | fastest vs ort fp32 | img/s at batch {big} (best) |",
-             "|---|" + "---|" * (len([c for c in cols if c not in absent]) + 2)]
+             f" | fastest vs ort fp32 |{tput_col}",
+             "|---|" + "---|" * (len([c for c in cols if c not in absent]) + 1 + (big > 1))]
     for m in models:
         cells = {_column(r): r for r in recs if r["model"] == m}
         failed = {_column(r) for r in report["records"] if r["model"] == m and r["status"] == "failed"}
@@ -71,9 +72,10 @@ def _runtime_table(report: dict[str, Any]) -> list[str]:
             row.append(text)
         ort, win = cells.get("ort fp32"), best.get(m)
         row.append(f"`{_column(win)}` {ratio(ort, win).text()}" if ort and win else "")
-        tput = [r for r in _ok(report) if r["model"] == m and r["batch"] == big]
-        top = max(tput, key=lambda r: r["throughput_ips"], default=None)
-        row.append(f"{top['throughput_ips']:.0f} (`{_column(top)}`)" if top and big > 1 else "")
+        if big > 1:
+            top = max((r for r in _ok(report) if r["model"] == m and r["batch"] == big),
+                      key=lambda r: r["throughput_ips"], default=None)
+            row.append(f"{top['throughput_ips']:.0f} (`{_column(top)}`)" if top else "")
         lines.append("| " + " | ".join(row) + " |")
     notes = [f"`{c}`: {why}" for c, why in absent.items()]
     lines.append("")
