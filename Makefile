@@ -47,9 +47,11 @@ bench-runtimes: $(STAMP)
 	-$(BIN)/edgezoo bench --smallest --runtime all --batch $(BENCH_BATCH) --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
 		--interleave-runtimes --work runs/bench-runtimes --plot $(BENCH_OUT)pareto.png -q
 
+# --repeat: the whole run R times, each ratio the median of its per-pass ratios (one run is one draw)
+TIMM_REPEAT ?= 3
 bench-timm: $(STAMP)
 	-$(BIN)/edgezoo bench $(BENCH_TIMM) --compare-timm --runtime ort --runs 300 --threads $(BENCH_THREADS) \
-		--json $(BENCH_OUT) -q
+		--repeat $(TIMM_REPEAT) --json $(BENCH_OUT) -q
 
 bench-curve: $(STAMP)
 	-$(BIN)/edgezoo bench --smallest --runtime ort --sizes 128,192,256,384,512 --threads $(BENCH_THREADS) --json $(BENCH_OUT) \
@@ -59,10 +61,12 @@ bench-curve: $(STAMP)
 # every CPU runtime timed interleaved, top-1 agreement on every held-out digit: at the rows' own
 # 32-48 px (<fingerprint>-digits.json) and at DIGITS_PX (<fingerprint>-digits-<px>px.json).
 DIGITS_PX ?= 128
+DIGITS_REPEAT ?= 5
 bench-digits: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"
-	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS)
-	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS) --img-size $(DIGITS_PX)
+	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS) --repeat $(DIGITS_REPEAT)
+	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS) --img-size $(DIGITS_PX) \
+		--repeat $(DIGITS_REPEAT)
 
 bench-table: $(STAMP)  # the model table's latency column reads the same reports
 	$(BIN)/python scripts/bench_table.py $(BENCH_OUT) --write README.md
