@@ -307,6 +307,10 @@ def test_combine_passes_and_ratio_of_single_runs() -> None:
     assert combine([rec(5.0)]) == rec(5.0) and combine([rec(1.0, "failed"), rec(2.0)])["status"] == "failed"
     single = ratio(rec(6.0), rec(3.0))
     assert (single.median, single.passes, single.text()) == (2.0, 1, "2.00x")
+    one_run = ratio(combine([rec(4.0), rec(9.0)], "run-a"), combine([rec(1.0), rec(3.0)], "run-a"))
+    assert (one_run.median, one_run.low, one_run.high, one_run.passes) == (3.5, 3.0, 4.0, 2)
+    merged_in = ratio(combine([rec(4.0), rec(9.0)], "run-a"), combine([rec(1.0), rec(3.0)], "run-b"))
+    assert (merged_in.median, merged_in.passes) == (6.5 / 2.0, 1)  # other runs' passes are not paired
 
 
 class _PixelsRuntime(_SleepRuntime):

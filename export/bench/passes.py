@@ -23,12 +23,13 @@ from typing import Any
 __all__ = ["Ratio", "combine", "ratio"]
 
 
-def combine(passes: list[dict[str, Any]]) -> dict[str, Any]:
+def combine(passes: list[dict[str, Any]], run: str | None = None) -> dict[str, Any]:
     """One record from the records of one measurement in successive passes (the first pass's fields kept).
 
     The first pass measures what is measured once (top-1 agreement, peak memory, the op profile); a
     measurement whose first pass did not run (absent, failed to load) is that record. Later passes
-    that failed are left out of the figures and counted in ``failed_passes``.
+    that failed are left out of the figures and counted in ``failed_passes``. ``run`` names the run the
+    passes belong to (``passes_of``): only records of one run are compared pass by pass.
     """
     first = dict(passes[0])
     ok = [p for p in passes if p["status"] == "ok"]
@@ -41,7 +42,8 @@ def combine(passes: list[dict[str, Any]]) -> dict[str, Any]:
                            "min": min(x["min"] for x in lat),
                            "mean": round(sum(x["mean"] * p["runs"] for x, p in zip(lat, ok, strict=True)) / runs, 4)}
     first.update(runs=runs, seconds=round(sum(p["seconds"] for p in ok), 3),
-                 throughput_ips=round(first["batch"] * 1e3 / p50, 2), pass_p50_ms=[x["p50"] for x in lat])
+                 throughput_ips=round(first["batch"] * 1e3 / p50, 2), pass_p50_ms=[x["p50"] for x in lat],
+                 passes_of=run)
     if len(ok) < len(passes):
         first["failed_passes"] = len(passes) - len(ok)
     return first
@@ -64,10 +66,11 @@ class Ratio:
 
 
 def ratio(num: dict[str, Any], den: dict[str, Any], stat: str = "p50") -> Ratio:
-    """``num``'s latency over ``den``'s: per pass when both were timed in the same passes (their
-    ``pass_p50_ms`` are as long: :func:`combine` of one plan), else the two records' own figures."""
+    """``num``'s latency over ``den``'s: per pass when both were timed in the same passes (one run's
+    :func:`combine`, as long), else the two records' own figures (e.g. one of them merged from another run)."""
     a, b = num.get("pass_p50_ms"), den.get("pass_p50_ms")
-    if stat == "p50" and a and b and len(a) == len(b) > 1:
+    same_run = num.get("passes_of") == den.get("passes_of")
+    if stat == "p50" and a and b and same_run and len(a) == len(b) > 1:
         each = [x / y for x, y in zip(a, b, strict=True)]
         return Ratio(statistics.median(each), min(each), max(each), len(each))
     r = num["latency_ms"][stat] / den["latency_ms"][stat]

@@ -231,13 +231,14 @@ def _pair_records(records: list[dict[str, Any]], timm_name: str, rel_err: float)
 
 
 def _combined(passes: list[list[list[dict[str, Any]]]], tasks: list[tuple[list[Entry], int, tuple[str, float] | None]],
-              ) -> list[dict[str, Any]]:
-    """The records of the tasks run so far, each one :func:`~edgezoo.export.bench.passes.combine` of its passes."""
+              run: str) -> list[dict[str, Any]]:
+    """The records of the tasks run so far, each one :func:`~edgezoo.export.bench.passes.combine` of its passes
+    (``run``: when this run started, which tells its records from those another run merges beside them)."""
     records: list[dict[str, Any]] = []
     for done, (_, _, pair) in zip(passes, tasks, strict=True):
         if not done:
             continue
-        recs = [combine([p[i] for p in done]) for i in range(len(done[0]))]
+        recs = [combine([p[i] for p in done], run) for i in range(len(done[0]))]
         if pair is not None:
             _pair_records(recs, *pair)
         records.extend(recs)
@@ -334,7 +335,7 @@ def bench(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]]], *, 
                     first = n == 0  # agreement and the op profile are measured once
                     passes[k].append(_run_one(entries, batch, run_protocol, fp["id"], agree if first else 0, calib,
                                               op_profile and first))
-                    records = _combined(passes, tasks)
+                    records = _combined(passes, tasks, started)
                     if on_progress is not None:
                         on_progress(_report(started, [*load, _load_average()], fp, run_protocol, records))
                     bar.update()
