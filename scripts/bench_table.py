@@ -47,16 +47,13 @@ def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], 
 def _digits(folder: Path, fingerprint: str) -> list[Path]:
     """Every machine's fastest-path reports: ``fingerprint``'s first, then the other machines', the one that
     ran last first; a machine's report at its rows' own sizes, then those at one size, smallest first."""
-    machines: dict[str, list[Path]] = {}
+    machines: dict[str, list[tuple[int, Path]]] = {}  # machine: [(size, 0 for the rows' own; path)]
     for path in folder.glob("*-digits*.json"):
-        if match := re.fullmatch(r"(.+)-digits(-\d+px)?", path.stem):
-            machines.setdefault(match[1], []).append(path)
-    newest = sorted(machines, key=lambda m: max(_finished(p) for p in machines[m]), reverse=True)
+        if match := re.fullmatch(r"(.+)-digits(?:-(\d+)px)?", path.stem):
+            machines.setdefault(match[1], []).append((int(match[2] or 0), path))
+    newest = sorted(machines, key=lambda m: max(_finished(p) for _, p in machines[m]), reverse=True)
     order = sorted(newest, key=lambda m: m != fingerprint)  # stable: the rest stay newest first
-
-    def size(path: Path) -> int:
-        return int(path.stem.rsplit("-", 1)[1][:-2]) if path.stem.endswith("px") else 0
-    return [p for m in order for p in sorted(machines[m], key=size)]
+    return [p for m in order for _, p in sorted(machines[m])]
 
 
 def _this_or_newest(folder: Path, fingerprint: str, suffix: str) -> Path | None:

@@ -65,13 +65,13 @@ class Ratio:
         return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f}, {self.passes} passes)"
 
 
-def ratio(num: dict[str, Any], den: dict[str, Any], stat: str = "p50") -> Ratio:
-    """``num``'s latency over ``den``'s: per pass when both were timed in the same passes (one run's
-    :func:`combine`, as long), else the two records' own figures (e.g. one of them merged from another run)."""
+def ratio(num: dict[str, Any], den: dict[str, Any]) -> Ratio:
+    """``num``'s p50 over ``den``'s: per pass when both were timed in the same passes (one run's
+    :func:`combine`, as long), else the two records' own p50 (e.g. one of them merged from another run)."""
     a, b = num.get("pass_p50_ms"), den.get("pass_p50_ms")
     same_run = num.get("passes_of") == den.get("passes_of")
-    if stat == "p50" and a and b and same_run and len(a) == len(b) > 1:
+    if a and b and same_run and len(a) == len(b) > 1:
         each = [x / y for x, y in zip(a, b, strict=True)]
         return Ratio(statistics.median(each), min(each), max(each), len(each))
-    r = num["latency_ms"][stat] / den["latency_ms"][stat]
+    r = num["latency_ms"]["p50"] / den["latency_ms"]["p50"]
     return Ratio(r, r, r, 1)
