@@ -334,7 +334,8 @@ class MagnitudeAwareLinearAttention(TokenMixer):
         return self.proj(out if self.gate is None else out * self.gate(x))
 
     def _prenorm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (self.dim,), weight, bias, self.norm.eps)
+        # reshape: the ExecuTorch export swaps ``norm`` for a ChannelLayerNorm, whose affine is (1, C, 1, 1)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (self.dim,), weight.reshape(-1), bias.reshape(-1), self.norm.eps)
         return x.permute(0, 3, 1, 2)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None = None,

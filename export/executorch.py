@@ -501,9 +501,9 @@ def _lower(job: ExportJob, model: nn.Module, x: torch.Tensor, start: float) -> b
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgezoo.export.xnnpack_rewrites import rewrite_passes
+    from edgezoo.export.xnnpack_rewrites import decompositions, rewrite_passes
 
-    program = torch.export.export(model, (x,))
+    program = torch.export.export(model, (x,)).run_decompositions(decompositions())
     job.notes["export_s"] = round(time.perf_counter() - start, 2)
     job.log(f"{job.name}: lowering to XNNPACK")
     start = time.perf_counter()
