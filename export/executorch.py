@@ -503,7 +503,9 @@ def _lower(job: ExportJob, model: nn.Module, x: torch.Tensor, start: float) -> b
 
     from edgezoo.export.xnnpack_rewrites import decompositions, rewrite_passes
 
-    program = torch.export.export(model, (x,)).run_decompositions(decompositions())
+    program = torch.export.export(model, (x,))
+    if job.precision != "int8":  # in int8 programs they cost time (xnnpack_rewrites.decompositions)
+        program = program.run_decompositions(decompositions())
     job.notes["export_s"] = round(time.perf_counter() - start, 2)
     job.log(f"{job.name}: lowering to XNNPACK")
     start = time.perf_counter()

@@ -300,8 +300,12 @@ def decompositions() -> dict[Any, Callable[..., Any]]:
     * ``native_layer_norm`` (SHViT's norm over ``(C, N)`` in its deploy form, EfficientViT-B's head): pooled
       means over a ``(rows, 1, n, 1)`` view. SHViT-S1 at 48 px: 10 -> 1 delegates (fp32);
     * ``sum.dim_IntList`` over the last dim (LiteMLA's ``k.sum(-1)``, the ReLU attention's normaliser): ``n``
-      times the pooled mean. EfficientViT-B0 at 48 px (int8, digits weights): 10 -> 6 delegates, p50 0.238
-      vs 0.239 ms (300 interleaved runs, Zen 4 EPYC): a portable op between delegates costs little on x86.
+      times the pooled mean. EfficientViT-B0 at 48 px (fp32): 6 -> 1 delegates.
+
+    fp32 programs only: in int8 ones the float islands they make inside the delegate were slower than the
+    portable ops (48 px, digits weights, alternating runs on an idle Zen 4 EPYC: SHViT-S1 p50 0.42 vs
+    0.38-0.39 ms, EfficientViT-B0 0.48 vs 0.42 ms), while fp32 ones were no slower (B0 0.58 vs 0.63 ms,
+    SHViT-S1 1.15 vs 1.16 ms).
 
     Here rather than in :func:`rewrite_passes`: these need scalars (``eps``, ``n``), which the lowering turns
     into constants before the edge passes run; an edge pass cannot add them.
