@@ -25,6 +25,7 @@ from functools import partial
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
@@ -207,12 +208,18 @@ class ELA(nn.Module):
                               bias=False, **dd)
         self.norm = nn.GroupNorm(gn_groups, channels, **dd)
 
-    def _gate(self, strip: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(strip)).sigmoid()
+    def _gate(self, strip: torch.Tensor, axis: int) -> torch.Tensor:
+        """The gate of a ``(B, C, H, 1)`` (``axis=2``) or ``(B, C, 1, W)`` (``axis=3``) strip: the 1-D conv as a
+        ``(k, 1)`` or ``(1, k)`` 2-D conv with its weights, so the strips stay 4-D maps (a 3-D strip made
+        ExecuTorch's XNNPACK lowering fail: "Attempting to convert non-NHWC compatible node to NHWC")."""
+        pad = self.conv.padding[0]
+        weight = self.conv.weight.unsqueeze(5 - axis)
+        strip = F.conv2d(strip, weight, None, padding=(pad, 0) if axis == 2 else (0, pad), groups=self.conv.groups)
+        return self.norm(strip).sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_h = self._gate(x.mean(3)).unsqueeze(3)  # (B, C, H, 1)
-        a_w = self._gate(x.mean(2)).unsqueeze(2)  # (B, C, 1, W)
+        a_h = self._gate(x.mean(3, keepdim=True), 2)  # (B, C, H, 1)
+        a_w = self._gate(x.mean(2, keepdim=True), 3)  # (B, C, 1, W)
         return x * a_h * a_w
 
 

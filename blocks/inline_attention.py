@@ -77,14 +77,15 @@ class InLineAttention(TokenMixer):
 
     def local(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The local attention residual: ``sum_o r_o(x) v_{i+o}`` over the kxk neighbourhood, per head."""
-        B, C = v.shape[:2]
-        r = self.residual(x.mean((2, 3), keepdim=True)).reshape(B, self.num_heads, 1, -1)
-        r = r.expand(B, self.num_heads, self.head_dim, r.shape[-1]).reshape(B, C, -1)
+        B, C, H, W = v.shape
+        # one weight per head and offset, broadcast over the head's channels (an expand would be a portable op
+        # in ExecuTorch's XNNPACK programs)
+        r = self.residual(x.mean((2, 3), keepdim=True)).reshape(B, self.num_heads, 1, -1, 1, 1)
         out = None
         for o, shifted in enumerate(neighbourhood(v, self.local_kernel)):
-            term = shifted * r[:, :, o, None, None]
+            term = shifted.reshape(B, self.num_heads, self.head_dim, H, W) * r[:, :, :, o]
             out = term if out is None else out + term
-        return out
+        return out.reshape(B, C, H, W)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Injective linear attention on ``(B, heads, d, N)`` tensors."""

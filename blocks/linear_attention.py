@@ -215,7 +215,7 @@ class FocusedLinearAttention(TokenMixer):
             return fused_linear_attention(q, k, v, 1e-6, 1.0, True, False)
         n = q.shape[-1]
         z = 1.0 / (k.mean(-1, keepdim=True).transpose(-1, -2) @ q + 1e-6)
-        return ((v @ k.transpose(-1, -2)) / n) @ q * z
+        return ((v @ k.transpose(-1, -2)) / float(n)) @ q * z  # an int n is an int64 constant in ExecuTorch
 
 
 class AgentAttention(TokenMixer):

@@ -19,8 +19,9 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 * ``unsqueeze_copy`` / ``squeeze_copy`` (ECA's gate): ``view_copy`` to the same shape;
-* ``native_layer_norm`` and ``sum.dim_IntList`` over the last dim: decomposed before lowering into ops it
-  takes (:func:`decompositions`).
+* reductions (layer and group norms, sums, means and maxima along any dims), ``elu``, ``reciprocal`` and
+  small integer powers: decomposed before lowering into ops it takes
+  (:mod:`edgezoo.export.xnnpack_decompositions`).
 
 Measured at 32 px, 1 thread (EPYC): EfficientViT-M0 73 -> 1 delegates, 0.86 -> 0.72 ms, lowering
 40 -> 29 s; EfficientViT-B0 14 -> 6 delegates, 0.87 -> 0.71 ms; SHViT-S1 46 -> 10, FocalNet edge-XS
@@ -249,70 +250,6 @@ def _rewrite(gm: GraphModule) -> Any:
     graph.lint()
     gm.recompile()
     return PassResult(gm, changed)
-
-
-def _pooled_mean(x: torch.Tensor, n: int) -> torch.Tensor:
-    """The mean of every run of ``n`` trailing elements of ``x`` as a global pool over a ``(rows, 1, n, 1)``
-    view (XNNPACK's ``mean.dim``; with one channel its NHWC form is the same memory): ``(rows, 1, 1, 1)``."""
-    return x.reshape(-1, 1, n, 1).mean((2, 3), keepdim=True)
-
-
-def _sum_last(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False, *, dtype: Any = None) -> Any:
-    """``sum.dim_IntList`` over the last dim of a float tensor as ``n`` times its pooled mean; else not decomposed."""
-    if dtype is not None or not x.dtype.is_floating_point or x.dim() < 2 or not dims or len(dims) != 1 \
-            or dims[0] % x.dim() != x.dim() - 1:
-        return NotImplemented
-    n = x.shape[-1]
-    shape = [*x.shape[:-1], 1] if keepdim else list(x.shape[:-1])
-    return (_pooled_mean(x, n) * float(n)).reshape(shape)  # an int factor would be an int64 constant, cast at run time
-
-
-def _layer_norm(x: torch.Tensor, shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None,
-                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``native_layer_norm`` over the trailing ``shape`` with pooled means: the mean, then the variance of the
-    centred values (``F.layer_norm``'s two passes), ``rsqrt``, then the affine."""
-    n = 1
-    for d in shape:
-        n *= d
-    rows = x.reshape(-1, 1, n, 1)
-    mean = _pooled_mean(rows, n)
-    centred = rows - mean
-    rstd = torch.rsqrt(_pooled_mean(centred * centred, n) + float(eps))
-    y = (centred * rstd).reshape(x.shape)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    stats = [*x.shape[: x.dim() - len(shape)], *([1] * len(shape))]
-    return y, mean.reshape(stats), rstd.reshape(stats)
-
-
-def _layer_norm_out(x: torch.Tensor, shape: list[int], weight: torch.Tensor | None = None,
-                    bias: torch.Tensor | None = None, eps: float = 1e-5, cudnn_enable: bool = True) -> torch.Tensor:
-    """``aten.layer_norm`` (what ``torch.export`` writes for ``F.layer_norm``) as :func:`_layer_norm`'s output."""
-    return _layer_norm(x, shape, weight, bias, eps)[0]
-
-
-def decompositions() -> dict[Any, Callable[..., Any]]:
-    """For ``ExportedProgram.run_decompositions`` before lowering: the two reductions XNNPACK has no op for, in
-    ops it has (a global average pool, elementwise ops), with the same values to float rounding.
-
-    * ``native_layer_norm`` (SHViT's norm over ``(C, N)`` in its deploy form, EfficientViT-B's head): pooled
-      means over a ``(rows, 1, n, 1)`` view. SHViT-S1 at 48 px: 10 -> 1 delegates (fp32);
-    * ``sum.dim_IntList`` over the last dim (LiteMLA's ``k.sum(-1)``, the ReLU attention's normaliser): ``n``
-      times the pooled mean. EfficientViT-B0 at 48 px (fp32): 6 -> 1 delegates.
-
-    fp32 programs only: in int8 ones the float islands they make inside the delegate were slower than the
-    portable ops (48 px, digits weights, alternating runs on an idle Zen 4 EPYC: SHViT-S1 p50 0.42 vs
-    0.38-0.39 ms, EfficientViT-B0 0.48 vs 0.42 ms), while fp32 ones were no slower (B0 0.58 vs 0.63 ms,
-    SHViT-S1 1.15 vs 1.16 ms).
-
-    Here rather than in :func:`rewrite_passes`: these need scalars (``eps``, ``n``), which the lowering turns
-    into constants before the edge passes run; an edge pass cannot add them.
-    """
-    aten = torch.ops.aten
-    return {aten.layer_norm.default: _layer_norm_out, aten.native_layer_norm.default: _layer_norm,
-            aten.sum.dim_IntList: _sum_last}
 
 
 def rewrite_passes() -> list[Any]:
