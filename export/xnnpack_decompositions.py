@@ -14,13 +14,17 @@ zoo's blocks meet, each written in ops the partitioner takes, with the same valu
   PyTorch's kernels), ``rsqrt``, the affine.
 * **A wrong lowering.** ``gelu(approximate="tanh")`` (EfficientViT-L) is written out: the partitioner gives it
   to XNNPACK's exact GELU (:func:`corrections`, applied to int8 programs too).
+* **Constant operands.** A matrix times a batch (``matmul``) as ``bmm`` with the matrix expanded, so that
+  :func:`fold_constants` computes a constant one's expand (Agent attention's pooling matrices).
 * **Elementwise.** ``elu`` (MALA's feature map; ExecuTorch 1.5's partitioner has its ELU config switched off)
   as ``relu(x) + exp(min(x, 0)) - 1``; ``reciprocal`` as a division of a constant one; ``pow`` by 2, 3, 4
   (a float exponent, as FLatten's focusing factor, is refused even for 2) as products, by 0.5 as ``sqrt``.
 
 Measured (fp32, one XNNPACK delegate each afterwards): SHViT-S1 at 48 px 10 -> 1 delegates, EfficientViT-B0
-6 -> 1, ResNet-18-ECA 9 -> 1 (session 20); the CBAM, coordinate-attention, ELA, MALA and FLatten models in
-:mod:`tests.test_export_executorch`'s sweep (session 21).
+6 -> 1, ResNet-18-ECA 9 -> 1 (session 20). Session 21, 128 px, programs before and after timed alternately:
+EfficientViT-B1-MALA 22 -> 1 delegates, 1.22x faster; B1-Agent 9 -> 1, 1.23x; coordinate attention (ResNet-18)
+9 -> 1, 1.12x; FLatten, InLine 1 delegate; CBAM and triplet attention keep their channel max portable
+(:func:`_reduce`), 1.09-1.20x. The ELA models lower at all only since then (4-D strips in the block).
 
 fp32 programs only: in int8 ones the float islands they make inside the delegate were slower than the
 portable ops (48 px, digits weights, alternating runs on an idle Zen 4 EPYC: SHViT-S1 p50 0.42 vs 0.38-0.39
@@ -207,6 +211,17 @@ def _pow(x: torch.Tensor, exponent: float) -> Any:
     return square if exponent == 2 else square * x if exponent == 3 else square * square
 
 
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> Any:
+    """``matmul`` of a matrix by a batch (Agent attention's pooling ``P @ q``) as ``bmm`` of the matrix expanded to
+    the batch: the same ops ExecuTorch's own decomposition writes, but before :func:`fold_constants`, so a constant
+    matrix's expand is computed at export (after it, the expand was a portable op on every call)."""
+    if a.dim() != 2 or b.dim() < 3:
+        return NotImplemented
+    batch, (m, k), n = b.shape[:-2], a.shape, b.shape[-1]
+    out = torch.bmm(a.expand(*batch, m, k).reshape(-1, m, k), b.reshape(-1, k, n))
+    return out.reshape(*batch, m, n)
+
+
 def corrections() -> dict[Any, Callable[..., Any]]:
     """The ops XNNPACK would take but compute a different function for (every program, int8 too)."""
     return {torch.ops.aten.gelu.default: _gelu}
@@ -220,7 +235,7 @@ def decompositions() -> dict[Any, Callable[..., Any]]:
             aten.group_norm.default: _group_norm_out, aten.native_group_norm.default: _group_norm,
             aten.sum.dim_IntList: _sum, aten.mean.dim: _mean, aten.amax.default: _amax,
             aten.linalg_vector_norm.default: _vector_norm, aten.elu.default: _elu,
-            aten.reciprocal.default: _reciprocal, aten.pow.Tensor_Scalar: _pow}
+            aten.reciprocal.default: _reciprocal, aten.pow.Tensor_Scalar: _pow, aten.matmul.default: _matmul}
 
 
 def fold_constants(program: Any) -> Any:

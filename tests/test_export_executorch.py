@@ -392,7 +392,7 @@ def test_int8_trained_cnn_agrees_with_fp32(digits_checkpoint, tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ez_mobilenetv2_cbam", "ez_resnet18_eca", "ez_resnet18_ela", "ez_shvit_s1",
                                   "ez_efficientvit_m0", "ez_focalnet_edge_xs", "ez_efficientvit_b0",
-                                  "ez_efficientvit_l1", "ez_mix_mala_s", "ez_mix_flatten_s"])
+                                  "ez_efficientvit_l1", "ez_mix_mala_s", "ez_mix_flatten_s", "ez_mix_agent_s"])
 def test_fp32_per_family(name: str, tmp_path: Path):
     # MobileNetV2-CBAM with random weights is ill-conditioned at 32 px: onnxruntime's error there is
     # 6e-5 and XNNPACK's 1.3e-4 (both about 5e-5 at 64 px), so it runs at 64 px.
