@@ -80,10 +80,10 @@ class InLineAttention(TokenMixer):
         B, C, H, W = v.shape
         # one weight per head and offset, broadcast over the head's channels (an expand would be a portable op
         # in ExecuTorch's XNNPACK programs)
-        r = self.residual(x.mean((2, 3), keepdim=True)).reshape(B, self.num_heads, 1, -1, 1, 1)
+        r = self.residual(x.mean((2, 3), keepdim=True)).reshape(B, self.num_heads, -1, 1, 1)  # 5-D at most: CoreML
         out = None
         for o, shifted in enumerate(neighbourhood(v, self.local_kernel)):
-            term = shifted.reshape(B, self.num_heads, self.head_dim, H, W) * r[:, :, :, o]
+            term = shifted.reshape(B, self.num_heads, self.head_dim, H, W) * r[:, :, o:o + 1]
             out = term if out is None else out + term
         return out.reshape(B, C, H, W)
 
