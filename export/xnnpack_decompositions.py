@@ -5,10 +5,11 @@ C++ on a phone) and cuts the program into delegates with a copy at each boundary
 zoo's blocks meet, each written in ops the partitioner takes, with the same values to float rounding:
 
 * **Reductions.** XNNPACK reduces only with a mean over H, W of a 4-D map and with pools. A sum, mean or max
-  over any contiguous run of dims is an average or max pool with an ``(n, 1)`` window on an ``(a, 1, n, b)``
-  view (a sum is ``n`` times the mean); over H and/or W of a 4-D map the pool runs on the map itself, which
-  XNNPACK keeps channels-last, where a view would cost a transpose. LiteMLA's ``k.sum(-1)``, MALA's key and
-  value means, CBAM's maxima and channel mean, coordinate attention's and ELA's strip means, FLatten's norms.
+  over a contiguous run of dims becomes a pool on the map (over H and/or W), a global pool over a
+  ``(rows, 1, n, 1)`` view (a trailing run) or a 1x1 conv of weight ``1 / n`` (over channels), a sum being
+  ``n`` times the mean (:func:`_reduce`): LiteMLA's ``k.sum(-1)``, MALA's key and value means, CBAM's global
+  max and channel mean, coordinate attention's and ELA's strip means, FLatten's norms. A max over channels
+  (CBAM, triplet attention) stays portable: faster than the alternative measured.
 * **Norms.** ``layer_norm`` over trailing dims (SHViT's norm over ``(C, N)``, EfficientViT-B's head) and
   ``group_norm`` (ELA's gates): the mean, then the variance of the centred values (the two passes of
   PyTorch's kernels), ``rsqrt``, the affine.

@@ -406,6 +406,22 @@ def test_fp32_per_family(name: str, tmp_path: Path):
         assert result.notes["non_delegated_ops"] == 0 and result.notes["delegates"] == 1, portable
 
 
+#: What may stay in portable kernels of an fp32 program: CBAM's and triplet attention's channel max (kept on
+#: purpose, edgezoo.export.xnnpack_decompositions._reduce) and the masking of scaled_dot_product_attention's
+#: safe softmax (the `mhsa` mixer).
+PORTABLE_FP32 = {"aten.amax.default", "aten.any.dim", "aten.eq.Scalar", "aten.full_like.default",
+                 "aten.logical_not.default", "aten.mul.Scalar", "aten.where.self"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", edgezoo.list_models())
+def test_every_model_lowers(name: str, tmp_path: Path):
+    """Every model lowers to an fp32 program that matches PyTorch, with no portable op but the known ones (the
+    ELA models once did not lower at all, and EfficientViT-L's tanh GELU was lowered as the exact GELU)."""
+    result = _fp32(name, tmp_path, size=64)
+    assert set(result.notes["non_delegated"]) <= PORTABLE_FP32, result.notes["non_delegated"]
+
+
 @pytest.mark.slow
 def test_fp32_static_batch_2(tmp_path: Path):
     result = _fp32("ez_efficientvit_b0", tmp_path, batch=2)
