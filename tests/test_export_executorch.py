@@ -417,8 +417,10 @@ PORTABLE_FP32 = {"aten.amax.default", "aten.any.dim", "aten.eq.Scalar", "aten.fu
 @pytest.mark.parametrize("name", edgezoo.list_models())
 def test_every_model_lowers(name: str, tmp_path: Path):
     """Every model lowers to an fp32 program that matches PyTorch, with no portable op but the known ones (the
-    ELA models once did not lower at all, and EfficientViT-L's tanh GELU was lowered as the exact GELU)."""
-    result = _fp32(name, tmp_path, size=64)
+    ELA models once did not lower at all, and EfficientViT-L's tanh GELU was lowered as the exact GELU).
+    EfficientViT-M5 with random weights is ill-conditioned at 64 px (PyTorch's own fp32 output 5.8e-5 from
+    float64, XNNPACK's 3.9e-4, one delegate), so it runs at 128 px (6e-5)."""
+    result = _fp32(name, tmp_path, size=128 if name == "ez_efficientvit_m5" else 64)
     assert set(result.notes["non_delegated"]) <= PORTABLE_FP32, result.notes["non_delegated"]
 
 
