@@ -7,9 +7,12 @@ no figure is estimated: a run without a GPU stops with a one-line message.
 
     python scripts/bench_kernels.py                # everything (a few minutes on one GPU)
     python scripts/bench_kernels.py --quick        # fewer repeats, ops and one model only
-    python scripts/bench_kernels.py --peak-gbs 4800  # also report the linear-attention kernel's share of peak
+    python scripts/bench_kernels.py --peak-gbs 3350  # another GPU's datasheet bandwidth (default: H200)
 
-Timing: CUDA events around ``repeats`` calls after ``warmup`` calls, median of ``rounds`` rounds.
+Timing: CUDA events around ``repeats`` calls after ``warmup`` calls, median of ``rounds`` rounds; the ops
+rotate through fresh input sets so that no call finds its data in L2. Each op's bandwidth is the least
+it must move (inputs read once, output written once) over its time, against the measured
+device-to-device copy rate and the datasheet figure. Every row is written to the JSON as it lands.
 """
 
 from __future__ import annotations
@@ -26,11 +29,22 @@ from typing import Any
 
 import torch
 
+#: Where everything runs, and the factor batches shrink by: ("cuda", 1), or ("cpu", 64) under ``--smoke``.
+DEV, SHRINK = "cuda", 1
+
+
+def _batch(n: int) -> int:
+    return max(1, n // SHRINK)
+
 
 def _time_ms(fn: Callable[[], Any], warmup: int, repeats: int, rounds: int) -> float:
     """Median over ``rounds`` of the mean time of one call (ms), measured with CUDA events."""
     for _ in range(warmup):
         fn()
+    if DEV != "cuda":  # --smoke: the script's own check, its times mean nothing
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     torch.cuda.synchronize()
     results = []
     for _ in range(rounds):
@@ -44,8 +58,23 @@ def _time_ms(fn: Callable[[], Any], warmup: int, repeats: int, rounds: int) -> f
     return statistics.median(results)
 
 
+def copy_bandwidth_gbs(gib: float = 2.0) -> float:
+    """This GPU's device-to-device copy rate (GB/s, bytes read + written): the bandwidth ceiling, measured."""
+    src = torch.randn(int(gib * 2**30) // 4 // SHRINK**2, device=DEV)
+    dst = torch.empty_like(src)
+    ms = _time_ms(lambda: dst.copy_(src), 3, 10, 5)
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64; inf when ``out`` holds a NaN."""
+    out, ref = out.double(), ref.double()
+    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref))
+
+
 def _op_cases(quick: bool) -> list[dict[str, Any]]:
-    """``{name, op, args, bytes}`` at the blocks' realistic shapes (bf16, CUDA)."""
+    """``{name, shape, op, reference, make, bytes}`` at the blocks' realistic shapes (bf16, CUDA);
+    ``make()`` draws a fresh argument tuple, ``bytes`` is the least the op must move through memory."""
     from edgezoo.kernels import (
         cga_attention,
         cga_attention_reference,
@@ -57,67 +86,120 @@ def _op_cases(quick: bool) -> list[dict[str, Any]]:
         linear_attention_reference,
     )
 
-    dev, bf = "cuda", torch.bfloat16
+    dev, bf = DEV, torch.bfloat16
 
     def r(*shape: int, positive: bool = False) -> torch.Tensor:
         t = torch.rand(shape, device=dev) if positive else torch.randn(shape, device=dev)
         return t.to(bf)
 
     cases = []
-    # EfficientViT-B1 at 224: LiteMLA at stride 16 (14x14, 16 heads incl. the multi-scale ones) and 32 (7x7)
-    for b, heads, n in ((128, 16, 196), (128, 32, 49)) if not quick else ((128, 16, 196),):
-        q, k, v = r(b, heads, 16, n, positive=True), r(b, heads, 16, n, positive=True), r(b, heads, 16, n)
-        args = (q, k, v, 1e-5, 1.0, False, False)
-        cases.append({"name": "linear_attention", "shape": f"B{b} h{heads} d16 N{n}", "op": linear_attention,
-                      "reference": linear_attention_reference, "args": args,
-                      "bytes": 4 * q.numel() * q.element_size()})
+
+    def la(b: int, heads: int, n: int) -> dict[str, Any]:
+        def make() -> tuple:
+            return (r(b, heads, 16, n, positive=True), r(b, heads, 16, n, positive=True), r(b, heads, 16, n),
+                    1e-5, 1.0, False, False)
+        return {"name": "linear_attention", "shape": f"B{b} h{heads} d16 N{n}", "op": linear_attention,
+                "reference": linear_attention_reference, "make": make, "bytes": 4 * b * heads * 16 * n * 2}
+
+    # EfficientViT-B1 at 224: LiteMLA at stride 16 (14x14, 16 heads incl. the multi-scale ones) and 32 (7x7);
+    # at 512 px (segmentation-sized inputs) stride 16 is 32x32; the last is the bandwidth case (~400 MB)
+    la_shapes = ((128, 16, 196), (128, 32, 49), (16, 16, 1024), (64, 16, 3136)) if not quick else ((128, 16, 196),)
+    cases += [la(_batch(b), heads, n) for b, heads, n in la_shapes]
     # FocalNet-T srf stage 1 at 224: 96 channels, 56x56, two levels
-    b, c, s = 64, 96, 56
-    levels, gates, glob = [r(b, c, s, s), r(b, c, s, s)], r(b, 3, s, s), r(b, c, 1, 1)
+    b, c, s = _batch(64), 96, 56
     cases.append({"name": "focal_aggregate", "shape": f"B{b} C{c} {s}x{s} L2", "op": focal_aggregate,
-                  "reference": focal_aggregate_reference, "args": (levels, gates, glob, 1.0),
-                  "bytes": 3 * levels[0].numel() * 2})
+                  "reference": focal_aggregate_reference,
+                  "make": lambda: ([r(b, c, s, s), r(b, c, s, s)], r(b, 3, s, s), r(b, c, 1, 1), 1.0),
+                  "bytes": (3 * b * c * s * s + 3 * b * s * s) * 2})
     # SE-ResNet-50 stage 1 at 224: 256 channels, 56x56, hidden 16; ECA and CBAM at the same place
-    b, c, s = 64, 256, 56
-    x = r(b, c, s, s)
-    for mode, weights in (("se", (r(16, c), r(16), r(c, 16), r(c))), ("eca", (r(5), None, None, None)),
-                          ("cbam", (r(16, c), r(16), r(c, 16), r(c)))):
+    b, c, s = _batch(64), 256, 56
+    weights = {"se": lambda: (r(16, c), r(16), r(c, 16), r(c)), "eca": lambda: (r(5), None, None, None),
+               "cbam": lambda: (r(16, c), r(16), r(c, 16), r(c))}
+    for mode, w in weights.items():
         if quick and mode != "se":
             continue
         cases.append({"name": f"channel_attention[{mode}]", "shape": f"B{b} C{c} {s}x{s}", "op": channel_attention,
-                      "reference": channel_attention_reference, "args": (x, *weights, mode),
-                      "bytes": 3 * x.numel() * 2})
-    # EfficientViT-M4 stage 1 at 224: 14x14 map in 7x7 windows (4 per image), key 16, value 32 per head
-    windows, n = 256 * 4, 49
-    q, k, v, bias = r(windows, 16, n), r(windows, 16, n), r(windows, 32, n), r(n, n)
+                      "reference": channel_attention_reference,
+                      "make": lambda w=w, mode=mode: (r(b, c, s, s), *w(), mode), "bytes": 2 * b * c * s * s * 2})
+    # EfficientViT-M4 stage 1 at 224: 14x14 map in 7x7 windows (4 per image, batch 256), key 16, value 32 per head
+    windows, n = _batch(256) * 4, 49
     cases.append({"name": "cga_attention", "shape": f"windows{windows} kd16 vd32 N{n}", "op": cga_attention,
-                  "reference": cga_attention_reference, "args": (q, k, v, bias),
-                  "bytes": (q.numel() * 2 + v.numel() * 2) * 2})
+                  "reference": cga_attention_reference,
+                  "make": lambda: (r(windows, 16, n) * 0.25, r(windows, 16, n), r(windows, 32, n), r(n, n)),
+                  "bytes": windows * n * (16 + 16 + 32 + 32) * 2})
     return cases
 
 
-def bench_ops(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+def _inputs_sets(case: dict[str, Any]) -> list[tuple]:
+    """Enough fresh argument sets that rotating through them leaves no call's data in the 50-60 MB L2."""
+    return [case["make"]() for _ in range(max(1, min(4, -(-256 * 2**20 // case["bytes"]))))]
+
+
+def _timed(fn: Callable[..., Any], sets: list[tuple], args: argparse.Namespace) -> float:
+    it = iter(range(1 << 62))
+    return _time_ms(lambda: fn(*sets[next(it) % len(sets)]), args.warmup, args.repeats, args.rounds)
+
+
+def bench_ops(args: argparse.Namespace, peak: dict[str, float], sink: Callable[[dict], None]) -> None:
     for case in _op_cases(args.quick):
-        ref_fn, op, a = case["reference"], case["op"], case["args"]
-        compiled = torch.compile(ref_fn)
-        with torch.no_grad():
-            expected = ref_fn(*a)
-            err = (op(*a).float() - expected.float()).abs().max().item()
-            timing = {key: _time_ms(lambda f=f, a=a: f(*a), args.warmup, args.repeats, args.rounds)
-                      for key, f in (("eager_ms", ref_fn), ("compile_ms", compiled), ("triton_ms", op))}
-        row = {"op": case["name"], "shape": case["shape"], "dtype": "bf16", **timing, "max_abs_err_vs_reference": err,
-               "speedup_vs_eager": timing["eager_ms"] / timing["triton_ms"],
-               "speedup_vs_compile": timing["compile_ms"] / timing["triton_ms"],
-               "triton_gbs": case["bytes"] / timing["triton_ms"] / 1e6}
-        if args.peak_gbs and case["name"] == "linear_attention":
-            row["triton_share_of_peak_bandwidth"] = row["triton_gbs"] / args.peak_gbs
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+        row: dict[str, Any] = {"op": case["name"], "shape": case["shape"], "dtype": "bf16", "bytes": case["bytes"]}
+        try:
+            ref_fn, op = case["reference"], case["op"]
+            compiled = torch.compile(ref_fn)
+            sets = _inputs_sets(case)
+            with torch.no_grad():
+                a = sets[0]
+                expected = ref_fn(*a)
+                got = op(*a)
+                row["rel_err_vs_reference"] = _rel_err(got, expected)
+                row["compile_rel_err_vs_reference"] = _rel_err(compiled(*a), expected)
+                for key, f in (("eager_ms", ref_fn), ("compile_ms", compiled), ("triton_ms", op)):
+                    row[key] = _timed(f, sets, args)
+            row["speedup_vs_eager"] = row["eager_ms"] / row["triton_ms"]
+            row["speedup_vs_compile"] = row["compile_ms"] / row["triton_ms"]
+            row["triton_gbs"] = case["bytes"] / row["triton_ms"] / 1e6
+            row.update({f"triton_share_of_{k}": row["triton_gbs"] / v for k, v in peak.items()})
+        except Exception as exc:  # one op's failure must not cost the others' figures
+            row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        sink(row)
 
 
-def bench_models(args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_linear_attention_backward(args: argparse.Namespace, sink: Callable[[dict], None]) -> None:
+    """Forward + backward of the linear-attention op (Triton kernels both ways) against the reference's
+    autograd, eager and compiled, at EfficientViT-B1's stride-16 shape."""
+    from edgezoo.kernels import linear_attention, linear_attention_reference
+
+    b, heads, n = _batch(128), 16, 196
+    row: dict[str, Any] = {"op": "linear_attention fwd+bwd", "shape": f"B{b} h{heads} d16 N{n}", "dtype": "bf16"}
+    try:
+        def make() -> list[torch.Tensor]:
+            t = [torch.rand(b, heads, 16, n, device=DEV) for _ in range(2)] + [torch.randn(b, heads, 16, n,
+                                                                                           device=DEV)]
+            return [x.to(torch.bfloat16).requires_grad_(True) for x in t]
+
+        grad = torch.randn(b, heads, 16, n, device=DEV).to(torch.bfloat16)
+
+        def step(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return torch.autograd.grad(fn(q, k, v, 1e-5, 1.0, False, False), (q, k, v), grad)
+
+        compiled = torch.compile(linear_attention_reference)
+        sets = [tuple(make()) for _ in range(3)]
+        fused, ref = step(linear_attention, *sets[0]), step(linear_attention_reference, *sets[0])
+        row["grad_rel_err_vs_reference"] = max(_rel_err(x, y) for x, y in zip(fused, ref, strict=True))
+        for key, f in (("eager_ms", linear_attention_reference), ("compile_ms", compiled),
+                       ("triton_ms", linear_attention)):
+            row[key] = _timed(lambda q, k, v, f=f: step(f, q, k, v), sets, args)
+        row["speedup_vs_eager"] = row["eager_ms"] / row["triton_ms"]
+        row["speedup_vs_compile"] = row["compile_ms"] / row["triton_ms"]
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    sink(row)
+
+
+def bench_models(args: argparse.Namespace, sink: Callable[[dict], None]) -> None:
+    """Whole-model inference throughput (bf16 autocast, 224 px) with the fused ops on and off, and how far
+    the two outputs differ."""
     import timm
 
     import edgezoo  # noqa: F401  (registers the models)
@@ -125,46 +207,58 @@ def bench_models(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     names = ["ez_efficientvit_b1"] if args.quick else ["ez_efficientvit_b1", "ez_efficientvit_b1_mala",
                                                        "ez_focalnet_tiny_srf", "ez_resnet50_se", "ez_efficientvit_m4"]
-    rows = []
     for name in names:
-        model = timm.create_model(name).cuda().eval()
-        x = torch.randn(args.batch, 3, 224, 224, device="cuda")
-        row: dict[str, Any] = {"model": name, "batch": args.batch, "dtype": "bf16 autocast"}
-        for mode in ("reference", "triton"):
-            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16), kernel_mode(model, mode):
-                ms = _time_ms(lambda m=model, x=x: m(x), args.warmup, max(args.repeats // 4, 2), args.rounds)
-            row[f"{mode}_images_per_s"] = args.batch / ms * 1e3
-        row["speedup"] = row["triton_images_per_s"] / row["reference_images_per_s"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+        row: dict[str, Any] = {"model": name, "batch": args.batch, "dtype": "bf16 autocast", "img_size": 224}
+        try:
+            torch.manual_seed(0)
+            model = timm.create_model(name).to(DEV).eval()
+            x = torch.randn(args.batch, 3, 224, 224, device=DEV)
+            logits = {}
+            for mode in ("reference", "triton"):
+                with torch.no_grad(), torch.autocast(DEV, torch.bfloat16), kernel_mode(model, mode):
+                    logits[mode] = model(x).float()
+                    ms = _time_ms(lambda m=model, x=x: m(x), args.warmup, max(args.repeats // 4, 2), args.rounds)
+                row[f"{mode}_images_per_s"] = args.batch / ms * 1e3
+            row["logits_rel_err"] = _rel_err(logits["triton"], logits["reference"])
+            row["top1_agreement"] = float((logits["triton"].argmax(1) == logits["reference"].argmax(1)).float().mean())
+            row["speedup"] = row["triton_images_per_s"] / row["reference_images_per_s"]
+            del model
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        sink(row)
 
 
-def bench_training_step(args: argparse.Namespace) -> dict[str, Any]:
+def bench_training_step(args: argparse.Namespace, sink: Callable[[dict], None]) -> None:
+    """One SGD step of ez_efficientvit_b1 (bf16 autocast, 224 px, 1000 classes) with the fused ops on and off."""
     import timm
 
     import edgezoo  # noqa: F401
     from edgezoo.kernels import kernel_mode
 
-    model = timm.create_model("ez_efficientvit_b1").cuda().train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, 1000, (args.batch,), device="cuda")
-
-    def step() -> None:
-        with torch.autocast("cuda", torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     row: dict[str, Any] = {"model": "ez_efficientvit_b1", "batch": args.batch, "what": "training step, bf16 autocast"}
-    for mode in ("reference", "triton"):
-        with kernel_mode(model, mode):
-            row[f"{mode}_ms"] = _time_ms(step, 3, max(args.repeats // 8, 2), args.rounds)
-    row["speedup"] = row["reference_ms"] / row["triton_ms"]
-    print(json.dumps(row), flush=True)
-    return row
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model("ez_efficientvit_b1").to(DEV).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = torch.randn(args.batch, 3, 224, 224, device=DEV)
+        y = torch.randint(0, 1000, (args.batch,), device=DEV)
+
+        def step() -> None:
+            with torch.autocast(DEV, torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for mode in ("reference", "triton", "reference", "triton"):  # twice each, interleaved: the spread shows
+            with kernel_mode(model, mode):
+                row.setdefault(f"{mode}_ms_runs", []).append(_time_ms(step, 3, max(args.repeats // 8, 2), args.rounds))
+        for mode in ("reference", "triton"):
+            row[f"{mode}_ms"] = min(row[f"{mode}_ms_runs"])
+        row["speedup"] = row["reference_ms"] / row["triton_ms"]
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    sink(row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,30 +268,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--peak-gbs", type=float, help="the GPU's peak memory bandwidth in GB/s (from its datasheet)")
+    p.add_argument("--peak-gbs", type=float, default=4800.0,
+                   help="the GPU's datasheet memory bandwidth in GB/s (default: the H200's 4,800)")
     p.add_argument("--quick", action="store_true", help="fewer ops, one model, fewer repeats")
     p.add_argument("--skip-models", action="store_true", help="only the ops")
+    p.add_argument("--smoke", action="store_true",
+                   help="check this script on CPU (tiny batches; with TRITON_INTERPRET=1 the kernels run "
+                        "interpreted): the JSON goes to --out, its times mean nothing")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    global DEV, SHRINK
+    if args.smoke:
+        DEV, SHRINK = "cpu", 64
+        args.batch, args.warmup, args.repeats, args.rounds = 2, 1, 1, 1
+    elif not torch.cuda.is_available():
         print("bench_kernels: no CUDA GPU here; these figures are measured on a GPU only", file=sys.stderr)
         return 2
-    if args.quick:
+    elif args.quick:
         args.repeats, args.rounds = min(args.repeats, 20), min(args.rounds, 3)
     import triton
 
-    gpu = torch.cuda.get_device_name()
-    result: dict[str, Any] = {"device": gpu, "torch": torch.__version__, "triton": triton.__version__,
-                              "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "timing": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds},
-                              "ops": bench_ops(args)}
-    if not args.skip_models:
-        result["models"] = bench_models(args)
-        result["training"] = bench_training_step(args)
+    gpu = torch.cuda.get_device_name() if DEV == "cuda" else "smoke-cpu"
     out = Path(args.out) / f"kernels-{gpu.replace(' ', '_').lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    copy = copy_bandwidth_gbs()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+    peak = {"measured_copy_bandwidth": copy, "datasheet_bandwidth": args.peak_gbs}
+    result: dict[str, Any] = {"device": gpu, "torch": torch.__version__, "triton": triton.__version__,
+                              "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "timing": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
+                                         "how": "CUDA events, median of rounds of the mean of repeats"},
+                              "copy_bandwidth_gbs": copy, "datasheet_bandwidth_gbs": args.peak_gbs,
+                              "ops": [], "models": [], "training": []}
+    print(json.dumps({"device": gpu, "copy_bandwidth_gbs": round(copy)}), flush=True)
+
+    def sink(section: str) -> Callable[[dict], None]:
+        def write(row: dict) -> None:  # every row lands on disk at once: a killed run keeps what it measured
+            result[section].append(row)
+            print(json.dumps(row), flush=True)
+            tmp = out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            os.replace(tmp, out)
+        return write
+
+    bench_ops(args, peak, sink("ops"))
+    bench_linear_attention_backward(args, sink("ops"))
+    if not args.skip_models:
+        bench_training_step(args, sink("training"))
+        bench_models(args, sink("models"))
     print(f"wrote {out}")
     return 0
 

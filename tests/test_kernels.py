@@ -1,8 +1,13 @@
 """edgezoo.kernels on the CPU path (no Triton interpreter): the custom ops inside the blocks agree with
 the blocks' plain-torch code, their gradients are the reference's, ``torch.export`` keeps them,
-``torch.compile`` runs them, exports decompose them, and the AOT path compiles every kernel to PTX."""
+``torch.compile`` runs them, exports decompose them, and the AOT path compiles every kernel to PTX.
+
+On a GPU machine, ``EDGEZOO_TEST_CUDA=1`` moves the block tests to CUDA: there the blocks run the
+compiled Triton kernels against their own plain-torch code."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import timm
@@ -20,6 +25,7 @@ from tests.kernel_cases import CallLog, all_ops
 from tests.util import randomize_
 
 FP32 = {"atol": 1e-5, "rtol": 1e-5}
+DEVICE = "cuda" if os.environ.get("EDGEZOO_TEST_CUDA") == "1" and torch.cuda.is_available() else "cpu"
 
 
 def _cga_fused() -> nn.Module:
@@ -52,7 +58,7 @@ def _block(name: str) -> tuple[nn.Module, torch.Tensor]:
     block = factory()
     if name != "cga_fused":
         randomize_(block)
-    return block.eval(), torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    return block.eval().to(DEVICE), torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
 def _edgezoo_ops(gm: torch.fx.GraphModule) -> list[str]:
@@ -61,6 +67,8 @@ def _edgezoo_ops(gm: torch.fx.GraphModule) -> list[str]:
 
 @pytest.mark.parametrize("name", list(BLOCKS))
 def test_block_with_fused_op_matches_its_reference_path(name: str) -> None:
+    if name == "shsa" and DEVICE == "cuda":
+        pytest.skip("SDPA's CUDA kernels do not call _safe_softmax (the CPU math path's mark)")
     block, x = _block(name)
     with torch.no_grad(), kernel_mode(block, "reference"):
         ref = block(x)
@@ -80,7 +88,7 @@ def test_block_gradients_through_fused_op_match_reference(name: str) -> None:
         block.zero_grad()
         xi = x.clone().requires_grad_(True)
         with kernel_mode(block, mode):
-            (block(xi) * torch.linspace(-1, 1, x.numel()).view(x.shape)).sum().backward()
+            (block(xi) * torch.linspace(-1, 1, x.numel(), device=DEVICE).view(x.shape)).sum().backward()
         grads[mode] = [xi.grad] + [p.grad.clone() for p in block.parameters() if p.grad is not None]
     assert len(grads["triton"]) == len(grads["reference"]) > 1
     for a, b in zip(grads["triton"], grads["reference"], strict=True):
@@ -132,6 +140,7 @@ def test_models_take_kernels_and_reject_unknown_modes() -> None:
 
 def test_auto_is_the_reference_path_on_cpu() -> None:
     block, x = _block("litemla")
+    block, x = block.cpu(), x.cpu()
     program = torch.export.export(block, (x,))  # kernel_mode "auto", CPU tensors
     assert _edgezoo_ops(program.graph_module) == []
 

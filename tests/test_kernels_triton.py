@@ -4,7 +4,8 @@ gradients with the Triton forward; and TensorRT's AOT calling convention (:func:
 
 Triton reads ``TRITON_INTERPRET`` when it is first imported, so these tests run in a child pytest
 started with the variable set (:func:`test_kernels_under_the_triton_interpreter`); in the parent
-they are skipped.
+they are skipped. On a GPU machine, ``EDGEZOO_TEST_CUDA=1 pytest tests/test_kernels_triton.py`` runs
+the same tests on CUDA tensors: the kernels compiled for the GPU, not interpreted.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from edgezoo.kernels.tensorrt_plugins import launch_plan
 pytest.importorskip("triton")
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child pytest")
+ON_CUDA = os.environ.get("EDGEZOO_TEST_CUDA") == "1" and torch.cuda.is_available()
+DEVICE = "cuda" if ON_CUDA else "cpu"
+interpreted = pytest.mark.skipif(not (INTERPRETED or ON_CUDA),
+                                 reason="runs in the TRITON_INTERPRET=1 child pytest (or on CUDA)")
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.mark.skipif(INTERPRETED, reason="this is the child")
+@pytest.mark.skipif(INTERPRETED or ON_CUDA, reason="this is the child, or the kernels run on CUDA")
 def test_kernels_under_the_triton_interpreter() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider", __file__]
@@ -48,7 +52,7 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 def _rand(*shape: int, dtype: torch.dtype, seed: int, positive: bool = False) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     t = torch.rand(shape, generator=g) if positive else torch.randn(shape, generator=g)
-    return t.to(dtype)
+    return t.to(device=DEVICE, dtype=dtype)
 
 
 # (batch, heads, d, e, N): one block; d, e not powers of two; N over several masked blocks of 64
@@ -90,7 +94,7 @@ def test_linear_attention_triton_backward(mixer: str, dtype: torch.dtype) -> Non
 @interpreted
 def test_linear_attention_kernel_does_not_overflow_in_fp16() -> None:
     """Sums over 4096 tokens of products ~100 pass fp16's 65504: the kernel accumulates in fp32."""
-    q, k = (torch.full((1, 1, 16, 4096), 10.0, dtype=torch.float16) for _ in range(2))
+    q, k = (torch.full((1, 1, 16, 4096), 10.0, dtype=torch.float16, device=DEVICE) for _ in range(2))
     v = _rand(1, 1, 16, 4096, dtype=torch.float16, seed=0)
     assert torch.isinf(k.sum(-1, keepdim=True).transpose(-1, -2) @ q).all()  # the normaliser, computed in fp16
     out = op_linear_attention.linear_attention_triton(q, k, v, 1e-5, 1.0, False, False)
@@ -166,7 +170,7 @@ def test_gradients_with_the_triton_forward(name: str) -> None:
     grads = []
     for fn in (getattr(torch.ops.edgezoo, name), OPS[name]):
         out = fn(*args)
-        weight = torch.linspace(-1, 2, out.numel()).view(out.shape)
+        weight = torch.linspace(-1, 2, out.numel(), device=DEVICE).view(out.shape)
         grads.append(torch.autograd.grad((out * weight).sum(), _leaves(args)))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -193,7 +197,7 @@ def test_tensorrt_launch_plan_runs_the_kernel_as_the_engine_would(name: str, dty
     plan = launch_plan(name, shapes, dtype, attrs)
     fn = plan.spec.kernel.get()
     params = [n for n in fn.arg_names if n not in plan.constexprs and n not in plan.spec.unused]
-    out = torch.empty(ref.shape, dtype=dtype)
+    out = torch.empty(ref.shape, dtype=dtype, device=DEVICE)
     values = dict(zip(params, [*inputs, *plan.scalars, out], strict=True))
     fn[plan.grid](**values, **plan.constexprs, **dict.fromkeys(plan.spec.unused))
     _close(out, ref)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU check of edgezoo.kernels, in one command for a lent GPU machine (python3 there already holds
+# torch, triton, timm and pytest-xdist; nothing is installed): the Triton kernel and block tests on
+# CUDA (EDGEZOO_TEST_CUDA=1), then scripts/bench_kernels.py. Everything lands in $OUT (default
+# bench/results): nvidia-smi.txt, pytest.txt, bench.txt and kernels-<gpu>.json.
+#
+#     OUT=/tmp/gpu bash scripts/gpu_kernels.sh
+set -u
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+site=$(mktemp -d)  # the package as pyproject.toml maps it, without pip (no index there)
+cp -r zoo "$site/edgezoo"
+for p in blocks kernels train export configs; do cp -r "$p" "$site/edgezoo/$p"; done
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu --format=csv \
+    | tee "$OUT/nvidia-smi.txt"
+python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', triton.__version__, 'timm', timm.__version__)" | tee -a "$OUT/nvidia-smi.txt"
+EDGEZOO_TEST_CUDA=1 timeout "${PYTEST_S:-150}" python3 -m pytest -q -n 8 -p no:cacheprovider \
+    tests/test_kernels_triton.py tests/test_kernels.py -k "not slow" >"$OUT/pytest.txt" 2>&1
+echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.txt" | tail -5
+timeout "${BENCH_S:-270}" python3 scripts/bench_kernels.py --out "$OUT" >"$OUT/bench.txt" 2>&1
+echo "bench rc=$?"
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+for f in pathlib.Path(sys.argv[1]).glob("kernels-*.json"):
+    d = json.loads(f.read_text())
+    print(f.name, "copy GB/s", round(d["copy_bandwidth_gbs"]))
+    for r in d["ops"] + d["training"] + d["models"]:
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "bytes"})
+PY
