@@ -60,10 +60,12 @@ SPECS: dict[str, KernelSpec] = {
                                   lambda dt: focal.constexprs(2, 1.0), unused=("L2", "L3")),
     "channel_attention.pool": KernelSpec(channel_attention.POOL_KERNEL, {"X": "x", "AVG": "fp32", "MAX": "fp32"},
                                          lambda dt: channel_attention.pool_constexprs("se")),
-    "channel_attention.scale": KernelSpec(
-        channel_attention.SCALE_KERNEL,
-        {"X": "x", "AVG": "fp32", "MAX": "fp32", "W1": "x", "B1": "x", "W2": "x", "B2": "x", "OUT": "x"},
-        lambda dt: channel_attention.scale_constexprs("se", 16, 1)),
+    "channel_attention.gate": KernelSpec(
+        channel_attention.GATE_KERNEL,
+        {"AVG": "fp32", "MAX": "fp32", "W1": "x", "B1": "x", "W2": "x", "B2": "x", "GATE": "fp32"},
+        lambda dt: channel_attention.gate_constexprs("se", 16, 1)),
+    "channel_attention.scale": KernelSpec(channel_attention.SCALE_KERNEL, {"X": "x", "GATE": "fp32", "OUT": "x"},
+                                          lambda dt: channel_attention.scale_constexprs()),
     "cga_attention": KernelSpec(cga.KERNEL, dict.fromkeys(("Q", "K", "V", "BIAS", "OUT"), "x"),
                                 lambda dt: cga.constexprs(16, 16, 49, dt)),
 }

@@ -78,7 +78,7 @@ KERNEL = LazyKernel(_kernel)
 def constexprs(kd: int, vd: int, n: int, dtype: torch.dtype) -> dict:
     """The kernel's compile-time arguments for key/value widths ``kd``/``vd`` and ``n`` tokens."""
     return {"KD": kd, "VD": vd, "BKD": next_pow2(kd), "BVD": next_pow2(vd), "BN": next_pow2(n),
-            "DOT": "ieee" if dtype == torch.float32 else "tf32"}
+            "DOT": "ieee"}  # tf32 would round the softmax to 10 bits: bf16 outputs then miss the reference
 
 
 def cga_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -96,8 +96,9 @@ def cga_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
 @torch.library.custom_op("edgezoo::cga_attention", mutates_args=())
 def cga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """One head's fused attention (module docstring): Triton on CUDA (or the interpreter), else the reference."""
-    dtypes = {q.dtype, k.dtype, v.dtype, bias.dtype}
-    if use_triton(q) and q.shape[-1] <= MAX_TOKENS and len(dtypes) == 1 and q.dtype in KERNEL_DTYPES:
+    # the bias may differ (an fp32 parameter under autocast): the kernel reads it as it is, in fp32
+    if use_triton(q) and q.shape[-1] <= MAX_TOKENS and k.dtype == v.dtype == q.dtype \
+            and q.dtype in KERNEL_DTYPES and bias.dtype in KERNEL_DTYPES:
         return cga_attention_triton(q, k, v, bias)
     return cga_attention_reference(q, k, v, bias)
 

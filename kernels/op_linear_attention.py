@@ -30,6 +30,11 @@ __all__ = ["BLOCK_N", "KERNEL", "constexprs", "linear_attention", "linear_attent
 
 #: Tokens per step of the kernel's loops.
 BLOCK_N = 64
+#: ``tl.dot``'s input precision, whatever the input dtype: tf32 would round the fp32 ``kv`` state to 10
+#: mantissa bits, and on an H200 bf16 outputs near cancellation then missed the reference by several
+#: times their size (MALA's ``num * (1 + 1/den) - mean(v) * den``). The dots are small (head size 16-32):
+#: the kernels are memory-bound either way.
+DOT = "ieee"
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -74,7 +79,7 @@ def _kernel():
             n = start + tok
             k = tl.load(k_ptr + d[:, None] * N + n[None, :], mask=(d[:, None] < D) & (n[None, :] < N), other=0.0)
             v = tl.load(v_ptr + e[:, None] * N + n[None, :], mask=(e[:, None] < E) & (n[None, :] < N), other=0.0)
-            k = k.to(tl.float32)  # half inputs are exact in tf32, so a tf32 dot loses nothing
+            k = k.to(tl.float32)
             v = v.to(tl.float32)
             kv += tl.dot(v, tl.trans(k), input_precision=DOT)
             ksum += tl.sum(k, axis=1)
@@ -107,7 +112,7 @@ def constexprs(d: int, e: int, dtype: torch.dtype, eps: float, scale: float, mea
     """The kernel's compile-time arguments for head sizes ``d``/``e`` and input ``dtype``."""
     return {"D": d, "E": e, "BD": next_pow2(d), "BE": next_pow2(e), "BN": block_n, "EPS": float(eps),
             "SCALE": float(scale), "MEAN": bool(mean), "MAGNITUDE": bool(magnitude),
-            "DOT": "ieee" if dtype == torch.float32 else "tf32"}
+            "DOT": DOT}
 
 
 def linear_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float, scale: float,

@@ -9,7 +9,7 @@
   to PTX for the build GPU's compute capability (:mod:`edgezoo.kernels.aot`), its launch grid and
   ``int32`` scalars as symbolic expressions of the input shapes (:func:`launch_plan`), so a serialised
   engine runs without Python and for any shape of its optimisation profile;
-* ``@trtp.impl`` for channel_attention_*: that op is two kernels (pool, then gate + scale) and an AOT
+* ``@trtp.impl`` for channel_attention_*: that op is three kernels (pool, gate, scale) and an AOT
   plugin launches one, so it runs the Triton op from Python at engine run time (the engine then needs
   Python and this package).
 

@@ -136,8 +136,45 @@ def _inputs_sets(case: dict[str, Any]) -> list[tuple]:
 
 
 def _timed(fn: Callable[..., Any], sets: list[tuple], args: argparse.Namespace) -> float:
+    """ms per call of ``fn`` called from Python, rotating through ``sets``: what an eager caller sees, CPU
+    dispatch included (for small ops the CPU, not the GPU, sets this pace)."""
     it = iter(range(1 << 62))
     return _time_ms(lambda: fn(*sets[next(it) % len(sets)]), args.warmup, args.repeats, args.rounds)
+
+
+def _graph_ms(fn: Callable[..., Any], sets: list[tuple], args: argparse.Namespace, calls: int = 20) -> float:
+    """GPU ms per call of ``fn``: ``calls`` calls (rotating through ``sets``) captured in one CUDA graph and
+    replayed, so no CPU dispatch is timed: the kernels' own time."""
+    if DEV != "cuda":
+        return _timed(fn, sets, args)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture: compilation, autotuning, allocations
+        for a in sets:
+            fn(*a)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(*sets[i % len(sets)])
+    return _time_ms(graph.replay, 2, max(2, args.repeats // 10), args.rounds) / calls
+
+
+def _time_both(row: dict[str, Any], fns: dict[str, Callable[..., Any]], sets: list[tuple],
+               args: argparse.Namespace) -> None:
+    """``<name>_ms`` (eager calls) and ``<name>_gpu_ms`` (graph replay) for each of ``fns``, and the triton
+    path's speed-ups over the others in both."""
+    for name, f in fns.items():
+        row[f"{name}_ms"] = _timed(f, sets, args)
+        try:
+            row[f"{name}_gpu_ms"] = _graph_ms(f, sets, args)
+        except Exception as exc:  # a function that cannot be captured keeps its eager figure
+            row[f"{name}_gpu_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    for name in fns:
+        if name != "triton":
+            row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / row["triton_ms"]
+            if f"{name}_gpu_ms" in row and "triton_gpu_ms" in row:
+                row[f"gpu_speedup_vs_{name}"] = row[f"{name}_gpu_ms"] / row["triton_gpu_ms"]
 
 
 def bench_ops(args: argparse.Namespace, peak: dict[str, float], sink: Callable[[dict], None]) -> None:
@@ -153,11 +190,8 @@ def bench_ops(args: argparse.Namespace, peak: dict[str, float], sink: Callable[[
                 got = op(*a)
                 row["rel_err_vs_reference"] = _rel_err(got, expected)
                 row["compile_rel_err_vs_reference"] = _rel_err(compiled(*a), expected)
-                for key, f in (("eager_ms", ref_fn), ("compile_ms", compiled), ("triton_ms", op)):
-                    row[key] = _timed(f, sets, args)
-            row["speedup_vs_eager"] = row["eager_ms"] / row["triton_ms"]
-            row["speedup_vs_compile"] = row["compile_ms"] / row["triton_ms"]
-            row["triton_gbs"] = case["bytes"] / row["triton_ms"] / 1e6
+                _time_both(row, {"eager": ref_fn, "compile": compiled, "triton": op}, sets, args)
+            row["triton_gbs"] = case["bytes"] / row.get("triton_gpu_ms", row["triton_ms"]) / 1e6
             row.update({f"triton_share_of_{k}": row["triton_gbs"] / v for k, v in peak.items()})
         except Exception as exc:  # one op's failure must not cost the others' figures
             row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -187,14 +221,78 @@ def bench_linear_attention_backward(args: argparse.Namespace, sink: Callable[[di
         sets = [tuple(make()) for _ in range(3)]
         fused, ref = step(linear_attention, *sets[0]), step(linear_attention_reference, *sets[0])
         row["grad_rel_err_vs_reference"] = max(_rel_err(x, y) for x, y in zip(fused, ref, strict=True))
-        for key, f in (("eager_ms", linear_attention_reference), ("compile_ms", compiled),
-                       ("triton_ms", linear_attention)):
-            row[key] = _timed(lambda q, k, v, f=f: step(f, q, k, v), sets, args)
-        row["speedup_vs_eager"] = row["eager_ms"] / row["triton_ms"]
-        row["speedup_vs_compile"] = row["compile_ms"] / row["triton_ms"]
+        fns = {"eager": linear_attention_reference, "compile": compiled, "triton": linear_attention}
+        _time_both(row, {k: (lambda q, k_, v, f=f: step(f, q, k_, v)) for k, f in fns.items()}, sets, args)
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     sink(row)
+
+
+def sweep_launch_parameters(args: argparse.Namespace, sink: Callable[[dict], None]) -> None:
+    """Time the kernels' block sizes and warp counts at the benchmark shapes (``--sweep``): the figures the
+    modules' ``BLOCK_*`` defaults are chosen from. One row per kernel and shape, every variant in it."""
+    from edgezoo.kernels import op_channel_attention as ca
+    from edgezoo.kernels import op_focal, op_linear_attention
+    from edgezoo.kernels._op import contiguous_rows
+
+    def r(*shape: int, positive: bool = False) -> torch.Tensor:
+        t = torch.rand(shape, device=DEV) if positive else torch.randn(shape, device=DEV)
+        return t.to(torch.bfloat16)
+
+    def run(name: str, shape: str, nbytes: int, sets: list[tuple], variants: dict[str, Callable[..., Any]]) -> None:
+        row: dict[str, Any] = {"sweep": name, "shape": shape, "ms": {}, "how": "GPU ms per call, CUDA graph replay"}
+        if DEV != "cuda":  # --smoke: two variants check the code path
+            variants = dict(list(variants.items())[:2])
+        for key, fn in variants.items():
+            try:
+                row["ms"][key] = _graph_ms(fn, sets, args)
+            except Exception as exc:
+                row["ms"][key] = f"{type(exc).__name__}: {exc}"[:300]
+        timed = {k: v for k, v in row["ms"].items() if isinstance(v, float)}
+        if timed:
+            row["best"] = min(timed, key=timed.get)
+            row["best_gbs"] = nbytes / timed[row["best"]] / 1e6
+        sink(row)
+
+    def linear_attention_sweep(b: int, heads: int, n: int) -> None:
+        def qkv_out() -> tuple:
+            q, k, v = r(b, heads, 16, n, positive=True), r(b, heads, 16, n, positive=True), r(b, heads, 16, n)
+            return (*(contiguous_rows(t, 16, n) for t in (q, k, v)), torch.empty_like(v))
+
+        sets = [qkv_out() for _ in range(4)]
+        kernel = op_linear_attention.KERNEL.get()
+        variants = {f"BN{bn}_w{w}": (lambda q3, k3, v3, out, bn=bn, w=w: kernel[(q3.shape[0],)](
+            q3, k3, v3, n, q3.stride(0), k3.stride(0), v3.stride(0), out, num_warps=w,
+            **op_linear_attention.constexprs(16, 16, q3.dtype, 1e-5, 1.0, False, False, block_n=bn)))
+            for bn in (32, 64, 128, 256) for w in (2, 4, 8)}
+        run("linear_attention", f"B{b} h{heads} d16 N{n}", 4 * b * heads * 16 * n * 2, sets, variants)
+
+    linear_attention_sweep(_batch(128), 16, 196)
+    linear_attention_sweep(_batch(64), 16, 3136)
+
+    b, c, s = _batch(64), 96, 56
+    sets = [(r(b, c, s, s), r(b, c, s, s), r(b, 3, s, s), r(b, c, 1, 1).reshape(-1), r(b, c, s, s)) for _ in range(4)]
+    kernel = op_focal.KERNEL.get()
+    variants = {f"BLOCK{blk}_w{w}": (lambda l0, l1, g, cg, out, blk=blk, w=w: kernel[(b * c, -(-s * s // blk))](
+        l0, l1, l0, l0, g, cg, c, s * s, g.stride(0), out, num_warps=w, **op_focal.constexprs(2, 1.0, block=blk)))
+        for blk in (256, 512, 1024, 2048) for w in (2, 4, 8)}
+    run("focal_aggregate", f"B{b} C{c} {s}x{s} L2", (3 * b * c * s * s + 3 * b * s * s) * 2, sets, variants)
+
+    b, c, s = _batch(64), 256, 56
+    sets = [(r(b, c, s, s), torch.empty(b, c, s, s, device=DEV, dtype=torch.bfloat16), torch.rand(b, c, device=DEV))
+            for _ in range(4)]
+    pool, scale = ca.POOL_KERNEL.get(), ca.SCALE_KERNEL.get()
+    variants = {}
+    for bc in (4, 8, 16, 32):
+        for bhw in (128, 256, 512):
+            for w in (4, 8):
+                def both(x: torch.Tensor, out: torch.Tensor, avg: torch.Tensor, bc: int = bc, bhw: int = bhw,
+                         w: int = w) -> None:
+                    grid = (b, -(-c // bc))
+                    pool[grid](x, c, s * s, avg, avg, WITH_MAX=False, BC=bc, BHW=bhw, num_warps=w)
+                    scale[grid](x, avg, c, s * s, out, BC=bc, BHW=bhw, num_warps=w)
+                variants[f"BC{bc}_BHW{bhw}_w{w}"] = both
+    run("channel_attention pool+scale", f"B{b} C{c} {s}x{s}", 3 * b * c * s * s * 2, sets, variants)
 
 
 def bench_models(args: argparse.Namespace, sink: Callable[[dict], None]) -> None:
@@ -272,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the GPU's datasheet memory bandwidth in GB/s (default: the H200's 4,800)")
     p.add_argument("--quick", action="store_true", help="fewer ops, one model, fewer repeats")
     p.add_argument("--skip-models", action="store_true", help="only the ops")
+    p.add_argument("--sweep", action="store_true", help="also time the kernels' block sizes and warp counts")
     p.add_argument("--smoke", action="store_true",
                    help="check this script on CPU (tiny batches; with TRITON_INTERPRET=1 the kernels run "
                         "interpreted): the JSON goes to --out, its times mean nothing")
@@ -299,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                               "timing": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
                                          "how": "CUDA events, median of rounds of the mean of repeats"},
                               "copy_bandwidth_gbs": copy, "datasheet_bandwidth_gbs": args.peak_gbs,
-                              "ops": [], "models": [], "training": []}
+                              "ops": [], "models": [], "training": [], "sweep": []}
     print(json.dumps({"device": gpu, "copy_bandwidth_gbs": round(copy)}), flush=True)
 
     def sink(section: str) -> Callable[[dict], None]:
@@ -311,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, out)
         return write
 
+    if args.sweep:
+        sweep_launch_parameters(args, sink("sweep"))
     bench_ops(args, peak, sink("ops"))
     bench_linear_attention_backward(args, sink("ops"))
     if not args.skip_models:

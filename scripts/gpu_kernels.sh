@@ -16,16 +16,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,tem
     | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'triton', triton.__version__, 'timm', timm.__version__)" | tee -a "$OUT/nvidia-smi.txt"
-EDGEZOO_TEST_CUDA=1 timeout "${PYTEST_S:-150}" python3 -m pytest -q -n 8 -p no:cacheprovider \
+EDGEZOO_TEST_CUDA=1 timeout "${PYTEST_S:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     tests/test_kernels_triton.py tests/test_kernels.py -k "not slow" >"$OUT/pytest.txt" 2>&1
 echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.txt" | tail -5
-timeout "${BENCH_S:-270}" python3 scripts/bench_kernels.py --out "$OUT" >"$OUT/bench.txt" 2>&1
+timeout "${BENCH_S:-300}" python3 scripts/bench_kernels.py --sweep --out "$OUT" >"$OUT/bench.txt" 2>&1
 echo "bench rc=$?"
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 for f in pathlib.Path(sys.argv[1]).glob("kernels-*.json"):
     d = json.loads(f.read_text())
     print(f.name, "copy GB/s", round(d["copy_bandwidth_gbs"]))
-    for r in d["ops"] + d["training"] + d["models"]:
+    for r in d["sweep"] + d["ops"] + d["training"] + d["models"]:
+        if "sweep" in r:
+            r = {**r, "ms": {k: round(v, 4) for k, v in r["ms"].items() if isinstance(v, float)}}
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "bytes"})
 PY

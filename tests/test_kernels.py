@@ -26,6 +26,9 @@ from tests.util import randomize_
 
 FP32 = {"atol": 1e-5, "rtol": 1e-5}
 DEVICE = "cuda" if os.environ.get("EDGEZOO_TEST_CUDA") == "1" and torch.cuda.is_available() else "cpu"
+if DEVICE == "cuda":  # the blocks' own path in fp32 too: cuDNN's convs default to TF32 (10-bit mantissas)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _cga_fused() -> nn.Module:

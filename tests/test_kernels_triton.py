@@ -116,11 +116,13 @@ def test_focal_aggregate_kernel(levels: int, dtype: torch.dtype) -> None:
 
 @interpreted
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("mode", "shape"), [("se", (2, 37, 5, 7)), ("cbam", (1, 20, 13, 11)), ("eca", (2, 37, 5, 7))])
+@pytest.mark.parametrize(("mode", "shape"), [("se", (2, 37, 5, 7)), ("cbam", (1, 20, 13, 11)), ("eca", (2, 37, 5, 7)),
+                                           ("se", (2, 150, 3, 5)), ("eca", (1, 150, 2, 3))])
 def test_channel_attention_kernel(shape: tuple, mode: str, dtype: torch.dtype) -> None:
+    """Channels over several of the gate kernel's blocks (64) and the MLP's column blocks (32)."""
     c = shape[1]
     x = _rand(*shape, dtype=dtype, seed=0)
-    hidden = 5
+    hidden = max(5, c // 4)
     if mode == "eca":
         weights = (_rand(5, dtype=dtype, seed=1), None, None, None)
     else:
@@ -140,6 +142,20 @@ def test_cga_attention_kernel(shape: tuple, dtype: torch.dtype) -> None:
     k, v = qkv[:, kd:2 * kd], qkv[:, 2 * kd:]  # strided views, as the cascade passes them
     bias = _rand(n, n, dtype=dtype, seed=2)
     out = op_cga.cga_attention_triton(q, k, v, bias)
+    _close(out, op_cga.cga_attention_reference(q, k, v, bias))
+
+
+@interpreted
+def test_cga_attention_kernel_takes_an_fp32_bias_with_half_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast the gathered bias stays an fp32 parameter while q, k, v are bf16: the op still runs
+    the kernel (it used to fall back to the reference for mixed dtypes)."""
+    q, k, v = (_rand(4, 16, 49, dtype=torch.bfloat16, seed=i) for i in range(3))
+    bias = _rand(49, 49, dtype=torch.float32, seed=3)
+    calls = []
+    kernel = op_cga.cga_attention_triton
+    monkeypatch.setattr(op_cga, "cga_attention_triton", lambda *a: calls.append(a) or kernel(*a))
+    out = torch.ops.edgezoo.cga_attention(q, k, v, bias)
+    assert len(calls) == 1
     _close(out, op_cga.cga_attention_reference(q, k, v, bias))
 
 
