@@ -18,7 +18,7 @@ python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'cuda'
 'triton', triton.__version__, 'timm', timm.__version__)" | tee -a "$OUT/nvidia-smi.txt"
 EDGEZOO_TEST_CUDA=1 timeout "${PYTEST_S:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
     tests/test_kernels_triton.py tests/test_kernels.py -k "not slow" >"$OUT/pytest.txt" 2>&1
-echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.txt" | tail -5
+echo "pytest rc=$?"; grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest.txt" | tail -15
 timeout "${BENCH_S:-300}" python3 scripts/bench_kernels.py --sweep --out "$OUT" >"$OUT/bench.txt" 2>&1
 echo "bench rc=$?"
 python3 - "$OUT" <<'PY'
