@@ -20,7 +20,7 @@ import torch
 from edgezoo.kernels._lazy import LazyKernel
 from edgezoo.kernels._mode import use_triton
 from edgezoo.kernels._op import contiguous_rows, next_pow2, reference_autograd
-from edgezoo.kernels._precision import KERNEL_DTYPES, no_autocast, upcast
+from edgezoo.kernels._precision import KERNEL_DTYPES, dot_precision, no_autocast, upcast
 
 __all__ = ["KERNEL", "MAX_TOKENS", "cga_attention", "cga_attention_reference", "constexprs"]
 
@@ -78,7 +78,7 @@ KERNEL = LazyKernel(_kernel)
 def constexprs(kd: int, vd: int, n: int, dtype: torch.dtype) -> dict:
     """The kernel's compile-time arguments for key/value widths ``kd``/``vd`` and ``n`` tokens."""
     return {"KD": kd, "VD": vd, "BKD": next_pow2(kd), "BVD": next_pow2(vd), "BN": next_pow2(n),
-            "DOT": "ieee"}  # tf32 would round the softmax to 10 bits: bf16 outputs then miss the reference
+            "DOT": dot_precision(dtype)}
 
 
 def cga_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -24,17 +24,12 @@ import torch
 from edgezoo.kernels._lazy import LazyKernel
 from edgezoo.kernels._mode import use_triton
 from edgezoo.kernels._op import contiguous_rows, next_pow2, reference_autograd
-from edgezoo.kernels._precision import KERNEL_DTYPES, no_autocast, upcast
+from edgezoo.kernels._precision import KERNEL_DTYPES, dot_precision, no_autocast, upcast
 
 __all__ = ["BLOCK_N", "KERNEL", "constexprs", "linear_attention", "linear_attention_reference"]
 
 #: Tokens per step of the kernel's loops.
 BLOCK_N = 64
-#: ``tl.dot``'s input precision, whatever the input dtype: tf32 would round the fp32 ``kv`` state to 10
-#: mantissa bits, and on an H200 bf16 outputs near cancellation then missed the reference by several
-#: times their size (MALA's ``num * (1 + 1/den) - mean(v) * den``). The dots are small (head size 16-32):
-#: the kernels are memory-bound either way.
-DOT = "ieee"
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -112,7 +107,7 @@ def constexprs(d: int, e: int, dtype: torch.dtype, eps: float, scale: float, mea
     """The kernel's compile-time arguments for head sizes ``d``/``e`` and input ``dtype``."""
     return {"D": d, "E": e, "BD": next_pow2(d), "BE": next_pow2(e), "BN": block_n, "EPS": float(eps),
             "SCALE": float(scale), "MEAN": bool(mean), "MAGNITUDE": bool(magnitude),
-            "DOT": DOT}
+            "DOT": dot_precision(dtype)}
 
 
 def linear_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float, scale: float,

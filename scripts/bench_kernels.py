@@ -109,7 +109,7 @@ def _op_cases(quick: bool) -> list[dict[str, Any]]:
     b, c, s = _batch(64), 96, 56
     cases.append({"name": "focal_aggregate", "shape": f"B{b} C{c} {s}x{s} L2", "op": focal_aggregate,
                   "reference": focal_aggregate_reference,
-                  "make": lambda: ([r(b, c, s, s), r(b, c, s, s)], r(b, 3, s, s), r(b, c, 1, 1), 1.0),
+                  "make": lambda b=b, c=c, s=s: ([r(b, c, s, s), r(b, c, s, s)], r(b, 3, s, s), r(b, c, 1, 1), 1.0),
                   "bytes": (3 * b * c * s * s + 3 * b * s * s) * 2})
     # SE-ResNet-50 stage 1 at 224: 256 channels, 56x56, hidden 16; ECA and CBAM at the same place
     b, c, s = _batch(64), 256, 56
@@ -120,12 +120,14 @@ def _op_cases(quick: bool) -> list[dict[str, Any]]:
             continue
         cases.append({"name": f"channel_attention[{mode}]", "shape": f"B{b} C{c} {s}x{s}", "op": channel_attention,
                       "reference": channel_attention_reference,
-                      "make": lambda w=w, mode=mode: (r(b, c, s, s), *w(), mode), "bytes": 2 * b * c * s * s * 2})
+                      "make": lambda w=w, mode=mode, b=b, c=c, s=s: (r(b, c, s, s), *w(), mode),
+                      "bytes": 2 * b * c * s * s * 2})
     # EfficientViT-M4 stage 1 at 224: 14x14 map in 7x7 windows (4 per image, batch 256), key 16, value 32 per head
     windows, n = _batch(256) * 4, 49
     cases.append({"name": "cga_attention", "shape": f"windows{windows} kd16 vd32 N{n}", "op": cga_attention,
                   "reference": cga_attention_reference,
-                  "make": lambda: (r(windows, 16, n) * 0.25, r(windows, 16, n), r(windows, 32, n), r(n, n)),
+                  "make": lambda windows=windows, n=n: (r(windows, 16, n) * 0.25, r(windows, 16, n),
+                                                        r(windows, 32, n), r(n, n)),
                   "bytes": windows * n * (16 + 16 + 32 + 32) * 2})
     return cases
 
@@ -232,7 +234,7 @@ def sweep_launch_parameters(args: argparse.Namespace, sink: Callable[[dict], Non
     """Time the kernels' block sizes and warp counts at the benchmark shapes (``--sweep``): the figures the
     modules' ``BLOCK_*`` defaults are chosen from. One row per kernel and shape, every variant in it."""
     from edgezoo.kernels import op_channel_attention as ca
-    from edgezoo.kernels import op_focal, op_linear_attention
+    from edgezoo.kernels import op_linear_attention
     from edgezoo.kernels._op import contiguous_rows
 
     def r(*shape: int, positive: bool = False) -> torch.Tensor:
@@ -240,11 +242,14 @@ def sweep_launch_parameters(args: argparse.Namespace, sink: Callable[[dict], Non
         return t.to(torch.bfloat16)
 
     def run(name: str, shape: str, nbytes: int, sets: list[tuple], variants: dict[str, Callable[..., Any]]) -> None:
-        row: dict[str, Any] = {"sweep": name, "shape": shape, "ms": {}, "how": "GPU ms per call, CUDA graph replay"}
+        row: dict[str, Any] = {"sweep": name, "shape": shape, "ms": {},
+                               "how": "ms: GPU ms per call (CUDA graph replay); call_ms: eager calls"}
         if DEV != "cuda":  # --smoke: two variants check the code path
             variants = dict(list(variants.items())[:2])
+        row["call_ms"] = {}
         for key, fn in variants.items():
             try:
+                row["call_ms"][key] = _timed(fn, sets, args)
                 row["ms"][key] = _graph_ms(fn, sets, args)
             except Exception as exc:
                 row["ms"][key] = f"{type(exc).__name__}: {exc}"[:300]
@@ -264,35 +269,17 @@ def sweep_launch_parameters(args: argparse.Namespace, sink: Callable[[dict], Non
         variants = {f"BN{bn}_w{w}": (lambda q3, k3, v3, out, bn=bn, w=w: kernel[(q3.shape[0],)](
             q3, k3, v3, n, q3.stride(0), k3.stride(0), v3.stride(0), out, num_warps=w,
             **op_linear_attention.constexprs(16, 16, q3.dtype, 1e-5, 1.0, False, False, block_n=bn)))
-            for bn in (32, 64, 128, 256) for w in (2, 4, 8)}
+            for bn in (32, 64, 128) for w in (2, 4)}
         run("linear_attention", f"B{b} h{heads} d16 N{n}", 4 * b * heads * 16 * n * 2, sets, variants)
 
     linear_attention_sweep(_batch(128), 16, 196)
     linear_attention_sweep(_batch(64), 16, 3136)
 
-    b, c, s = _batch(64), 96, 56
-    sets = [(r(b, c, s, s), r(b, c, s, s), r(b, 3, s, s), r(b, c, 1, 1).reshape(-1), r(b, c, s, s)) for _ in range(4)]
-    kernel = op_focal.KERNEL.get()
-    variants = {f"BLOCK{blk}_w{w}": (lambda l0, l1, g, cg, out, blk=blk, w=w: kernel[(b * c, -(-s * s // blk))](
-        l0, l1, l0, l0, g, cg, c, s * s, g.stride(0), out, num_warps=w, **op_focal.constexprs(2, 1.0, block=blk)))
-        for blk in (256, 512, 1024, 2048) for w in (2, 4, 8)}
-    run("focal_aggregate", f"B{b} C{c} {s}x{s} L2", (3 * b * c * s * s + 3 * b * s * s) * 2, sets, variants)
-
     b, c, s = _batch(64), 256, 56
-    sets = [(r(b, c, s, s), torch.empty(b, c, s, s, device=DEV, dtype=torch.bfloat16), torch.rand(b, c, device=DEV))
-            for _ in range(4)]
-    pool, scale = ca.POOL_KERNEL.get(), ca.SCALE_KERNEL.get()
-    variants = {}
-    for bc in (4, 8, 16, 32):
-        for bhw in (128, 256, 512):
-            for w in (4, 8):
-                def both(x: torch.Tensor, out: torch.Tensor, avg: torch.Tensor, bc: int = bc, bhw: int = bhw,
-                         w: int = w) -> None:
-                    grid = (b, -(-c // bc))
-                    pool[grid](x, c, s * s, avg, avg, WITH_MAX=False, BC=bc, BHW=bhw, num_warps=w)
-                    scale[grid](x, avg, c, s * s, out, BC=bc, BHW=bhw, num_warps=w)
-                variants[f"BC{bc}_BHW{bhw}_w{w}"] = both
-    run("channel_attention pool+scale", f"B{b} C{c} {s}x{s}", 3 * b * c * s * s * 2, sets, variants)
+    sets = [(r(b, c, s, s), r(16, c), r(16), r(c, 16), r(c)) for _ in range(4)]
+    variants = {f"images{n or 'default'}": (lambda x, w1, b1, w2, b2, n=n: ca.channel_attention_triton(
+        x, w1, b1, w2, b2, "se", images=n)) for n in (None, 4, 8, 16, 32, b)}
+    run("channel_attention[se] images per round", f"B{b} C{c} {s}x{s}", 3 * b * c * s * s * 2, sets, variants)
 
 
 def bench_models(args: argparse.Namespace, sink: Callable[[dict], None]) -> None:
@@ -410,13 +397,13 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, out)
         return write
 
-    if args.sweep:
-        sweep_launch_parameters(args, sink("sweep"))
     bench_ops(args, peak, sink("ops"))
     bench_linear_attention_backward(args, sink("ops"))
     if not args.skip_models:
         bench_training_step(args, sink("training"))
         bench_models(args, sink("models"))
+    if args.sweep:
+        sweep_launch_parameters(args, sink("sweep"))
     print(f"wrote {out}")
     return 0
 

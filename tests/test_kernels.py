@@ -94,8 +94,11 @@ def test_block_gradients_through_fused_op_match_reference(name: str) -> None:
             (block(xi) * torch.linspace(-1, 1, x.numel(), device=DEVICE).view(x.shape)).sum().backward()
         grads[mode] = [xi.grad] + [p.grad.clone() for p in block.parameters() if p.grad is not None]
     assert len(grads["triton"]) == len(grads["reference"]) > 1
+    # on CUDA the convs' weight gradients are fp32 sums in cuDNN's order: an input gradient that differs in
+    # its last bits moves them by up to ~5e-4 relative (seen on an H200); the forward stays within 1e-5
+    tol = {"atol": 1e-4, "rtol": 1e-3} if DEVICE == "cuda" else {"atol": 1e-5, "rtol": 1e-4}
     for a, b in zip(grads["triton"], grads["reference"], strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a, b, **tol)
 
 
 def _op_inputs(name: str, dtype: torch.dtype = torch.float64) -> tuple[list, dict]:
