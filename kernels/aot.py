@@ -48,14 +48,17 @@ class KernelSpec:
     pointers: dict[str, str]
     constexprs: Callable[[torch.dtype], dict[str, Any]]
     unused: tuple[str, ...] = field(default=())
+    num_warps: int = 4
 
 
 SPECS: dict[str, KernelSpec] = {
     "linear_attention": KernelSpec(linear_attention.KERNEL, dict.fromkeys(("Q", "K", "V", "OUT"), "x"),
-                                   lambda dt: linear_attention.constexprs(32, 32, dt, 1e-5, 1.0, False, False)),
+                                   lambda dt: linear_attention.constexprs(32, 32, dt, 1e-5, 1.0, False, False),
+                                   num_warps=linear_attention.NUM_WARPS),
     "linear_attention_backward": KernelSpec(
         linear_attention_backward.KERNEL, dict.fromkeys(("Q", "K", "V", "G", "DQ", "DK", "DV"), "x"),
-        lambda dt: linear_attention.constexprs(32, 32, dt, 1e-6, 0.18, True, True)),
+        lambda dt: linear_attention.constexprs(32, 32, dt, 1e-6, 0.18, True, True,
+                                               block_n=linear_attention.BLOCK_N_BACKWARD)),
     "focal_aggregate": KernelSpec(focal.KERNEL, dict.fromkeys(("L0", "L1", "G", "CG", "OUT"), "x"),
                                   lambda dt: focal.constexprs(2, 1.0), unused=("L2", "L3")),
     "channel_attention.pool": KernelSpec(channel_attention.POOL_KERNEL, {"X": "x", "AVG": "fp32", "MAX": "fp32"},
@@ -72,7 +75,7 @@ SPECS: dict[str, KernelSpec] = {
 
 
 def compile_kernel(spec: KernelSpec, arch: int, dtype: torch.dtype = torch.float16,
-                   constexprs: dict[str, Any] | None = None, num_warps: int = 4) -> Any:
+                   constexprs: dict[str, Any] | None = None, num_warps: int | None = None) -> Any:
     """``triton.compile`` of ``spec``'s kernel for ``sm_<arch>``: a ``CompiledKernel`` whose ``asm["ptx"]``
     is the PTX and ``metadata`` holds ``name``, ``num_warps`` and ``shared`` (the launch parameters).
     Parameters not named as pointers or constexprs are ``int32`` scalars."""
@@ -93,4 +96,5 @@ def compile_kernel(spec: KernelSpec, arch: int, dtype: torch.dtype = torch.float
         else:
             signature[name] = "i32"
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps or spec.num_warps}
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)

@@ -98,7 +98,7 @@ def linear_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               scale: float, mean: bool, magnitude: bool) -> tuple[torch.Tensor, torch.Tensor,
                                                                                   torch.Tensor]:
     """``(dq, dk, dv)`` of :func:`edgezoo.kernels.linear_attention` through the Triton kernel."""
-    from edgezoo.kernels.op_linear_attention import constexprs
+    from edgezoo.kernels.op_linear_attention import BLOCK_N_BACKWARD, constexprs
 
     d, n, e = q.shape[-2], q.shape[-1], v.shape[-2]
     q3, k3, v3 = contiguous_rows(q, d, n), contiguous_rows(k, d, n), contiguous_rows(v, e, n)
@@ -108,7 +108,7 @@ def linear_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if q.numel() and v.numel():
         KERNEL[(q3.shape[0],)](q3, k3, v3, g, n, q3.stride(0), k3.stride(0), v3.stride(0), dq, dk, dv,
-                               **constexprs(d, e, q.dtype, eps, scale, mean, magnitude))
+                               **constexprs(d, e, q.dtype, eps, scale, mean, magnitude, block_n=BLOCK_N_BACKWARD))
     return dq, dk, dv
 
 

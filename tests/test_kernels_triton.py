@@ -130,9 +130,6 @@ def test_channel_attention_kernel(shape: tuple, mode: str, dtype: torch.dtype) -
                    _rand(c, hidden, dtype=dtype, seed=3) * 0.3, _rand(c, dtype=dtype, seed=4))
     out = op_channel_attention.channel_attention_triton(x, *weights, mode)
     _close(out, op_channel_attention.channel_attention_reference(x, *weights, mode))
-    if shape[0] > 1:  # one image per round of launches: the chunked path
-        torch.testing.assert_close(op_channel_attention.channel_attention_triton(x, *weights, mode, images=1), out,
-                                   rtol=0, atol=0)
 
 
 @interpreted
