@@ -5,6 +5,7 @@
 # bench/results): nvidia-smi.txt, pytest.txt, bench.txt and kernels-<gpu>.json.
 #
 #     OUT=/tmp/gpu bash scripts/gpu_kernels.sh
+#     PYTEST_K="linear_attention and not slow" SWEEP= PYTEST_S=60 BENCH_S=150 bash scripts/gpu_kernels.sh
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -17,9 +18,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,tem
 python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'triton', triton.__version__, 'timm', timm.__version__)" | tee -a "$OUT/nvidia-smi.txt"
 EDGEZOO_TEST_CUDA=1 timeout "${PYTEST_S:-120}" python3 -m pytest -q -n 8 -p no:cacheprovider \
-    tests/test_kernels_triton.py tests/test_kernels.py -k "not slow" >"$OUT/pytest.txt" 2>&1
+    tests/test_kernels_triton.py tests/test_kernels.py -k "${PYTEST_K:-not slow}" >"$OUT/pytest.txt" 2>&1
 echo "pytest rc=$?"; grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest.txt" | tail -15
-timeout "${BENCH_S:-300}" python3 scripts/bench_kernels.py --sweep --out "$OUT" >"$OUT/bench.txt" 2>&1
+timeout "${BENCH_S:-300}" python3 scripts/bench_kernels.py ${SWEEP---sweep} --out "$OUT" >"$OUT/bench.txt" 2>&1
 echo "bench rc=$?"
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
