@@ -18,8 +18,9 @@ integer shapes it gives the same grid and scalars the engine uses, which is how 
 convention (input pointers, ``int32`` scalars, output pointers) is tested without TensorRT.
 Triton >= 3.3 appends two scratch pointers to every kernel's PTX parameters; their sizes are 0 for
 these kernels (checked in :func:`aot_compile`), so the values TensorRT leaves there are never read.
-Not yet run against a real TensorRT (none here): treat the engine path as unverified until a GPU
-session runs ``scripts/bench_kernels.py`` and ``edgezoo export --format tensorrt --plugins``.
+The Triton kernels have run on an H200 (``scripts/gpu_kernels.sh``); no TensorRT engine has been built
+(TensorRT cannot be installed where this was written): the engine path stays unverified until a GPU
+machine with TensorRT runs ``edgezoo export --format tensorrt --plugins``.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def _finished(path: Path) -> str:
 
 
 def main() -> int:
-    from _readme import splice  # scripts/ is on sys.path when a script runs
+    from _readme import emit  # scripts/ is on sys.path when a script runs
 
     from edgezoo.export.bench.markdown import markdown
 
@@ -85,11 +85,7 @@ def main() -> int:
     (runtimes, timm, sizes, digits), png = _reports(args.folder, args.fingerprint)
     if args.write and png:
         png = str(Path(png).resolve().relative_to(args.write.resolve().parent))
-    text = markdown(runtimes, timm, sizes, png, digits=digits)
-    if args.write:
-        args.write.write_text(splice(args.write.read_text(), text, START, END))
-    else:
-        print(text)
+    emit(markdown(runtimes, timm, sizes, png, digits=digits), args.write, START, END)
     return 0
 
 

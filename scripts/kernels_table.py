@@ -1,0 +1,92 @@
+"""Generate the README's GPU-kernel tables from the JSON ``scripts/bench_kernels.py`` writes.
+
+    python scripts/kernels_table.py bench/results/kernels-nvidia_h200.json                    # print
+    python scripts/kernels_table.py bench/results/kernels-nvidia_h200.json --write README.md  # splice
+
+Ops: GPU time per call from CUDA-graph replay (the kernels' own time) and, beside it, the speed-up an
+eager Python caller sees (CPU dispatch included). Models: the whole forward captured in a CUDA graph,
+and eager calls interleaved between the two modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _readme import emit
+
+START, END = "<!-- kernels-gpu:start -->", "<!-- kernels-gpu:end -->"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _table(header: list[str], rows: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
+
+
+def ops_table(report: dict[str, Any]) -> list[str]:
+    copy, rows = report["copy_bandwidth_gbs"], []
+    for r in report["ops"]:
+        if "error" in r:
+            rows.append(f"| {r['op']} | {r['shape']} | error: {r['error'][:80]} |||||||")
+            continue
+        gbs = f"{r['triton_gbs']:.0f} ({r['triton_gbs'] / copy:.0%})" if "triton_gbs" in r else "-"
+        rows.append(f"| {r['op']} | {r['shape']} | {_ms(r.get('eager_gpu_ms'))} | {_ms(r.get('compile_gpu_ms'))} | "
+                    f"{_ms(r.get('triton_gpu_ms'))} | {_x(r.get('gpu_speedup_vs_eager'))} | "
+                    f"{_x(r.get('gpu_speedup_vs_compile'))} | {gbs} | "
+                    f"{_x(r.get('speedup_vs_eager'))} / {_x(r.get('speedup_vs_compile'))} |")
+    return _table(["op", "shape (bf16)", "eager ms", "compile ms", "Triton ms", "vs eager", "vs compile",
+                   "Triton GB/s (of copy)", "eager call: vs eager / vs compile"], rows)
+
+
+def models_table(report: dict[str, Any]) -> list[str]:
+    rows = []
+    for r in report["models"]:
+        if "error" in r:
+            rows.append(f"| `{r['model']}` | {r['batch']} | error: {r['error'][:80]} ||||")
+            continue
+        rows.append(f"| `{r['model']}` | {r['batch']} | {_ms(r.get('reference_gpu_ms'))} | "
+                    f"{_ms(r.get('triton_gpu_ms'))} | {_x(r.get('gpu_speedup'))} | {_x(r.get('speedup'))} |")
+    for r in report["training"]:
+        if "error" not in r:
+            runs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(r["reference_ms_runs"], r["triton_ms_runs"],
+                                                                    strict=True))
+            rows.append(f"| `{r['model']}` training step (SGD; interleaved runs, reference/Triton ms: {runs}) | "
+                        f"{r['batch']} | {r['reference_ms']:.1f} (eager) | {r['triton_ms']:.1f} (eager) | - | "
+                        f"{_x(r['speedup'])} |")
+    return _table(["model (bf16 autocast, 224 px)", "batch", "reference GPU ms", "Triton GPU ms", "GPU speed-up",
+                   "eager speed-up"], rows)
+
+
+def render(report: dict[str, Any], source: str) -> str:
+    t = report["timing"]
+    head = (f"**Fused ops on {report['device']}** (`{source}`; torch {report['torch']}, Triton {report['triton']}, "
+            f"CUDA {report['cuda']}; measured device-to-device copy {report['copy_bandwidth_gbs']:.0f} GB/s, "
+            f"datasheet {report['datasheet_bandwidth_gbs']:.0f}; {t['warmup']} warm-up calls, then the median of "
+            f"{t['rounds']} rounds of {t['repeats']} calls timed with CUDA events; inputs rotate through fresh "
+            f"sets larger than L2; {report['date']}.) GPU columns: calls captured in a CUDA graph and replayed "
+            "(the kernels' own time); \"eager call\": the same calls from Python, CPU dispatch included.")
+    return "\n".join([head, "", *ops_table(report), "", *models_table(report)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("report", type=Path, help="kernels-<gpu>.json from scripts/bench_kernels.py")
+    p.add_argument("--write", type=Path, help="README to splice the tables into (between the kernels-gpu markers)")
+    args = p.parse_args(argv)
+    emit(render(json.loads(args.report.read_text()), args.report.as_posix()), args.write, START, END)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
