@@ -2,17 +2,21 @@
 of the reference, at realistic shapes (batch 64-256, 224 px inputs, bf16), plus whole-model inference
 throughput and an ez_efficientvit_b1 training step with kernels on and off.
 
-Needs a CUDA GPU (and Triton); writes ``bench/results/kernels-<gpu>.json``. Nothing here runs on CPU and
-no figure is estimated: a run without a GPU stops with a one-line message.
+Needs a CUDA GPU (and Triton); writes ``bench/results/kernels-<gpu>.json``. No figure is estimated: a
+run without a GPU stops with a one-line message (``--smoke`` checks the script itself on CPU).
+``scripts/gpu_kernels.sh`` runs it, after the kernel tests on CUDA, in one command.
 
-    python scripts/bench_kernels.py                # everything (a few minutes on one GPU)
+    python scripts/bench_kernels.py                # everything (about two minutes on an H200)
+    python scripts/bench_kernels.py --sweep        # also the block-size / warp sweeps
     python scripts/bench_kernels.py --quick        # fewer repeats, ops and one model only
     python scripts/bench_kernels.py --peak-gbs 3350  # another GPU's datasheet bandwidth (default: H200)
 
-Timing: CUDA events around ``repeats`` calls after ``warmup`` calls, median of ``rounds`` rounds; the ops
-rotate through fresh input sets so that no call finds its data in L2. Each op's bandwidth is the least
-it must move (inputs read once, output written once) over its time, against the measured
-device-to-device copy rate and the datasheet figure. Every row is written to the JSON as it lands.
+Timing: CUDA events around ``repeats`` calls after ``warmup`` calls, median of ``rounds`` rounds. Each op
+is timed twice: called from Python (what an eager caller sees, CPU dispatch included) and as calls
+captured in a CUDA graph and replayed (the kernels' own time). The ops rotate through fresh input sets
+so that no call finds its data in L2. Each op's bandwidth is the least it must move (inputs read once,
+output written once) over its GPU time, against the measured device-to-device copy rate and the
+datasheet figure. Every row is written to the JSON as it lands.
 """
 
 from __future__ import annotations
