@@ -22,6 +22,7 @@ datasheet figure. Every row is written to the JSON as it lands.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -144,8 +145,8 @@ def _inputs_sets(case: dict[str, Any]) -> list[tuple]:
 def _timed(fn: Callable[..., Any], sets: list[tuple], args: argparse.Namespace) -> float:
     """ms per call of ``fn`` called from Python, rotating through ``sets``: what an eager caller sees, CPU
     dispatch included (for small ops the CPU, not the GPU, sets this pace)."""
-    it = iter(range(1 << 62))
-    return _time_ms(lambda: fn(*sets[next(it) % len(sets)]), args.warmup, args.repeats, args.rounds)
+    turn = itertools.count()
+    return _time_ms(lambda: fn(*sets[next(turn) % len(sets)]), args.warmup, args.repeats, args.rounds)
 
 
 def _graph_ms(fn: Callable[..., Any], sets: list[tuple], args: argparse.Namespace, calls: int = 20) -> float:
@@ -164,6 +165,13 @@ def _graph_ms(fn: Callable[..., Any], sets: list[tuple], args: argparse.Namespac
         for i in range(calls):
             fn(*sets[i % len(sets)])
     return _time_ms(graph.replay, 2, max(2, args.repeats // 10), args.rounds) / calls
+
+
+def _interleaved(row: dict[str, Any], time_mode: Callable[[str], float]) -> None:
+    """``row["<mode>_ms_runs"]``: ``time_mode(mode)`` twice for each kernel mode, the modes taking turns (the
+    spread between a mode's two runs shows how far the comparison can be trusted)."""
+    for mode in ("reference", "triton", "reference", "triton"):
+        row.setdefault(f"{mode}_ms_runs", []).append(time_mode(mode))
 
 
 def _time_both(row: dict[str, Any], fns: dict[str, Callable[..., Any]], sets: list[tuple],
@@ -307,9 +315,8 @@ def bench_models(args: argparse.Namespace, sink: Callable[[dict], None]) -> None
 
             for mode in ("reference", "triton"):
                 logits[mode] = forward(mode).float()
-            for mode in ("reference", "triton", "reference", "triton"):  # interleaved: the spread shows
-                ms = _time_ms(lambda mode=mode: forward(mode), args.warmup, max(args.repeats // 4, 2), args.rounds)
-                row.setdefault(f"{mode}_ms_runs", []).append(ms)
+            _interleaved(row, lambda mode: _time_ms(lambda: forward(mode), args.warmup, max(args.repeats // 4, 2),
+                                                    args.rounds))
             for mode in ("reference", "triton"):
                 row[f"{mode}_images_per_s"] = args.batch / min(row[f"{mode}_ms_runs"]) * 1e3
                 try:  # the GPU's own time: the whole forward captured in a CUDA graph
@@ -349,9 +356,11 @@ def bench_training_step(args: argparse.Namespace, sink: Callable[[dict], None]) 
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        for mode in ("reference", "triton", "reference", "triton"):  # twice each, interleaved: the spread shows
+        def time_steps(mode: str) -> float:
             with kernel_mode(model, mode):
-                row.setdefault(f"{mode}_ms_runs", []).append(_time_ms(step, 3, max(args.repeats // 8, 2), args.rounds))
+                return _time_ms(step, 3, max(args.repeats // 8, 2), args.rounds)
+
+        _interleaved(row, time_steps)
         for mode in ("reference", "triton"):
             row[f"{mode}_ms"] = min(row[f"{mode}_ms_runs"])
         row["speedup"] = row["reference_ms"] / row["triton_ms"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -11,6 +13,10 @@ from edgezoo.blocks.cnn_attention import CBAM, ECA, SqueezeExcite
 from edgezoo.blocks.focal import FocalModulation
 from edgezoo.blocks.linear_attention import LiteMLA, MagnitudeAwareLinearAttention
 from tests.util import randomize_
+
+#: ``EDGEZOO_TEST_CUDA=1`` on a GPU machine: the kernel tests run on CUDA tensors, through the compiled kernels.
+ON_CUDA = os.environ.get("EDGEZOO_TEST_CUDA") == "1" and torch.cuda.is_available()
+DEVICE = "cuda" if ON_CUDA else "cpu"
 
 
 class AllOps(nn.Module):

@@ -7,8 +7,6 @@ compiled Triton kernels against their own plain-torch code."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import timm
 import torch
@@ -21,11 +19,10 @@ from edgezoo.blocks.linear_attention import FocusedLinearAttention, LiteMLA, Mag
 from edgezoo.blocks.single_head import SHSA
 from edgezoo.errors import InvalidArgumentError
 from edgezoo.kernels import OPS, decompositions, kernel_mode, set_kernels
-from tests.kernel_cases import CallLog, all_ops
+from tests.kernel_cases import DEVICE, CallLog, all_ops
 from tests.util import randomize_
 
 FP32 = {"atol": 1e-5, "rtol": 1e-5}
-DEVICE = "cuda" if os.environ.get("EDGEZOO_TEST_CUDA") == "1" and torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":  # the blocks' own path in fp32 too: cuDNN's convs default to TF32 (10-bit mantissas)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -21,12 +21,11 @@ import torch
 from edgezoo.kernels import OPS, op_cga, op_channel_attention, op_focal, op_linear_attention
 from edgezoo.kernels.onnx_plugins import PLUGINS
 from edgezoo.kernels.tensorrt_plugins import launch_plan
+from tests.kernel_cases import DEVICE, ON_CUDA
 
 pytest.importorskip("triton")
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-ON_CUDA = os.environ.get("EDGEZOO_TEST_CUDA") == "1" and torch.cuda.is_available()
-DEVICE = "cuda" if ON_CUDA else "cpu"
 interpreted = pytest.mark.skipif(not (INTERPRETED or ON_CUDA),
                                  reason="runs in the TRITON_INTERPRET=1 child pytest (or on CUDA)")
 DTYPES = [torch.float32, torch.bfloat16]
