@@ -7,7 +7,8 @@ Variants (each through ``edgezoo export``'s gate; their delegate counts and agre
 
 * ``default``: what ``edgezoo export --int8`` writes;
 * ``slices``: every split lowered as slices, int8 inputs included (``xnnpack_rewrites`` keeps a quantised split
-  whole because int8 slices broke SHViT and FocalNet at run time; EfficientViT-B0's pieces feed only float ops);
+  whole because int8 slices broke SHViT and FocalNet at run time; EfficientViT-B0's pieces feed only float ops;
+  the patch lifts the same int8 guard from squeeze/unsqueeze views, which B0 has none of);
 * ``decompositions``: the fp32 programs' decompositions (``xnnpack_decompositions``) in the int8 program too;
 * ``both``.
 
