@@ -335,7 +335,7 @@ def test_bench_interleaves_sizes_for_a_cost_curve() -> None:
     rt.calls.clear()
     try:
         report = bench([SMALL], [(rt, ["fp32"])], threads=1, img_sizes=[32, 64], progress=False,
-                       interleave_sizes=True, protocol=Protocol(warmup=1, runs=4, max_seconds=30))
+                       interleave_sizes=True, protocol=Protocol(warmup=1, runs=8, max_seconds=30))
     finally:
         _RUNTIMES.pop(rt.name)
     validate_report(report)
@@ -343,8 +343,10 @@ def test_bench_interleaves_sizes_for_a_cost_curve() -> None:
     assert (small["img_size"], large["img_size"]) == (32, 64) and small["interleaved_with"] == 1
     assert rt.calls[:2] == [32, 64]  # each size's warm-up call as it loads
     timed = rt.calls[2:]
-    assert sorted(timed) == [32] * 4 + [64] * 4 and len(set(timed[:2])) == len(set(timed[2:4])) == 2  # by turns
-    assert 3.0 <= large["latency_ms"]["p50"] / small["latency_ms"]["p50"] <= 4.5
+    assert sorted(timed) == [32] * 8 + [64] * 8 and len(set(timed[:2])) == len(set(timed[2:4])) == 2  # by turns
+    # each record has its own size's time: 4 ms and 1 ms sleeps. A sleep never ends early but may end late on a
+    # busy machine (a p50 ratio of 5.5 once, with an export test on the other core), so the bounds are on minima
+    assert large["latency_ms"]["min"] >= 4.0 and 1.0 <= small["latency_ms"]["min"] < 2.0
 
 
 def test_real_absent_runtimes_are_reported_absent() -> None:
