@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 JOBS    ?= 2
 # worksteal: an idle worker takes tests queued on the other, so the run does not end with one worker
-# grinding through a queue of slow export tests while the other waits (about 2 of 21 minutes, session 16)
+# grinding through a queue of slow export tests while the other waits (about 2 of 21 minutes, 2026-12-03)
 XDIST   := -n $(JOBS) --dist worksteal
 
 .PHONY: demo test test-all lint bench bench-runtimes bench-timm bench-curve bench-digits bench-table table export-matrix int8-table clean
@@ -33,9 +33,9 @@ lint: $(STAMP)
 
 # Latency on every runtime present here (edgezoo bench; absent runtimes are recorded as absent):
 # the smallest model of each family, the ratios against timm's same models, the cost curve
-# (latency against input size), each as bench/results/<fingerprint>[-timm|-sizes].json, then the
+# (latency against input size), each as results/bench/<fingerprint>[-timm|-sizes].json, then the
 # README's speed section is regenerated from them.
-BENCH_OUT  ?= bench/results/
+BENCH_OUT  ?= results/bench/
 BENCH_THREADS ?= 2
 BENCH_TIMM ?= ez_efficientvit_m0 ez_shvit_s1 ez_focalnet_tiny_srf ez_efficientvit_b0 ez_efficientvit_b1 \
 	ez_resnet18_cbam ez_resnet50_se

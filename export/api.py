@@ -4,7 +4,7 @@ The pipeline, the same for every format:
 
 1. resolve what to export (name, ``nn.Module`` or checkpoint: :mod:`edgezoo.export.source`);
 2. eval mode and :func:`edgezoo.fuse` (the deploy form);
-3. calibration images when the precision is int8 (:mod:`edgezoo.export.calib`);
+3. calibration images when the precision is int8 (:mod:`edgezoo.data.calib`);
 4. the format converts into a private temporary folder beside the destination;
 5. the parity gate (:mod:`edgezoo.export.parity`) runs where a runtime here executes the
    artifact: ``verified`` or ``failed``; where none does, ``converted``;
@@ -314,7 +314,7 @@ def export(
                           metadata=meta)
     try:
         if prec == "int8":
-            from edgezoo.export.calib import load_calibration
+            from edgezoo.data.calib import load_calibration
 
             log(f"{src.name}: calibration data from {calib}")
             job.calibration = load_calibration(calib, src, calib_size)

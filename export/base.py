@@ -85,7 +85,7 @@ class ExportJob:
     options: dict[str, Any]
     metadata: dict[str, Any]
     work_dir: Path
-    calibration: Any = None  # edgezoo.export.calib.CalibrationSet when int8 needs it
+    calibration: Any = None  # edgezoo.data.calib.CalibrationSet when int8 needs it
     warnings: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # extra figures for the result (nodes left float...)
     log: Callable[[str], None] = lambda msg: None

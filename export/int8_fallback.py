@@ -13,7 +13,7 @@ pair, and every calibrated range, unchanged), the graph is run with reference se
 calibration images, and the drop in logit error against fp32 PyTorch is that tensor's gain. The
 fallback set is then the shortest prefix of the ranking whose bypass halves the whole graph's
 error, at most :data:`MAX_FRACTION` of the tensors. Only calibration images are used: the held-out
-images the parity gate measures are never seen here. Given the fp32 graph (session 12), a bypass
+images the parity gate measures are never seen here. Given the fp32 graph (2026-12-03), a bypass
 re-applies a ReLU the quantizer folded into the tensor's QuantizeLinear (:func:`folded_activations`),
 and a bypassed model input gives the stem conv its float weight (:func:`float_weight_map`): fed
 grayscale images replicated to RGB, its int8 weights are most of the error, because the three

@@ -8,7 +8,7 @@
   :mod:`edgezoo.export.fp32_policy` kept fp32 (Cast nodes at their borders).
 * int8: :mod:`edgezoo.export.quantize` (onnxruntime static QDQ quantisation).
 * ``plugins=true`` (fp32 ONNX; TensorRT fp16 engines build from it): the blocks run their fused ops
-  (``kernels="triton"``) and each op is written as a TensorRT plugin node in domain ``edgezoo``
+  (``kernel_mode="triton"``) and each op is written as a TensorRT plugin node in domain ``edgezoo``
   (:mod:`edgezoo.kernels.onnx_plugins`); the parity gate runs those nodes with the ops' reference
   semantics (onnxruntime-extensions Python ops). By default the blocks run their reference path, so
   the graph holds standard ONNX ops only.

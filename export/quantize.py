@@ -5,7 +5,7 @@ Per-channel symmetric int8 weights, min-max calibration on ``job.calibration``. 
 x86 int8 kernels multiply u8 activations by s8 weights (VNNI's ``vpdpbusd``), and a graph with s8
 activations ran 1.6-4.3x slower there than the same graph with u8 ones (at 128 px, s8 -> u8 against
 onnxruntime fp32: ResNet-18-ECA 0.64x -> 2.76x, SHViT-S1 0.68x -> 1.53x, EfficientViT-M0 0.48x ->
-0.77x; ``scripts/int8_activations.py``, session 11, EPYC with VNNI).
+0.77x; ``experiments/int8_activations.py``, 2026-12-02, EPYC with VNNI).
 TensorRT's explicit quantisation takes only symmetric int8 (zero point 0), so its graph is built
 with ``s8`` whatever the ONNX option says. Where the QuantizeLinear/DequantizeLinear pairs go is
 the ONNX option ``int8_scheme`` (:data:`SCHEMES`):

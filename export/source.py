@@ -135,8 +135,8 @@ def resolve_source(obj: str | os.PathLike | nn.Module, model: str | None = None,
     import timm
 
     from edgezoo import create_model
-    from edgezoo._registry import resolve_name
     from edgezoo.errors import UnknownModelError
+    from edgezoo.registry import resolve_name
 
     try:
         net = create_model(resolve_name(obj))

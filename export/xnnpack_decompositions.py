@@ -22,7 +22,7 @@ zoo's blocks meet, each written in ops the partitioner takes, with the same valu
   (a float exponent, as FLatten's focusing factor, is refused even for 2) as products, by 0.5 as ``sqrt``.
 
 Measured (fp32, one XNNPACK delegate each afterwards): SHViT-S1 at 48 px 10 -> 1 delegates, EfficientViT-B0
-6 -> 1, ResNet-18-ECA 9 -> 1 (session 20). Session 21, 128 px, programs before and after timed alternately:
+6 -> 1, ResNet-18-ECA 9 -> 1 (2026-12-04). On 2026-12-04, 128 px, programs before and after timed alternately:
 EfficientViT-B1-MALA 22 -> 1 delegates, 1.22x faster; B1-Agent 9 -> 1, 1.23x; coordinate attention (ResNet-18)
 9 -> 1, 1.12x; FLatten, InLine 1 delegate; CBAM and triplet attention keep their channel max portable
 (:func:`_reduce`), 1.09-1.20x. The ELA models lower at all only since then (4-D strips in the block).

@@ -15,7 +15,7 @@ and its rewrite (``torch.export`` writes these ops for plain PyTorch code):
   EfficientViT-M0's int8 program keeps 21 of them between 22 delegates; computing each head's q, k
   and v with its own conv instead (zero-padded weights over the input and the previous head's
   output) made it one delegate, but no faster (128 px, digits weights: p50 0.97 vs 0.96 ms, min 0.65
-  vs 0.55 ms; session 11, a variant written by hand and not kept), so the model keeps its splits;
+  vs 0.55 ms; 2026-12-02, a variant written by hand and not kept), so the model keeps its splits;
 * ``select_copy`` (``x[:, i]``): ``slice_copy`` of width 1, then ``view_copy`` without the dim;
 * ``mean.dim`` over H, W of a 4-D tensor without ``keepdim``: with ``keepdim``, then ``view_copy``;
 * ``unsqueeze_copy`` / ``squeeze_copy`` (ECA's gate): ``view_copy`` to the same shape;
@@ -35,10 +35,10 @@ weights can be made there, not in an edge pass), by :func:`edgezoo.export.execut
 
 * LayerNorm over channels (timm's ``LayerNorm2d``: FocalNet, MALA) has no XNNPACK op, and its
   portable kernel was 27% of FocalNet edge-XS at 128 px (21 norms: 0.34 of 1.27 ms int8, 0.35 of
-  1.41 ms fp32; ExecuTorch's profiler, session 12). :class:`ChannelLayerNorm` is the same function
+  1.41 ms fp32; ExecuTorch's profiler, 2026-12-03). :class:`ChannelLayerNorm` is the same function
   with its two channel means as 1x1 convs of weight ``1/C``. An earlier form, with the means as
   ``mean.dim`` over a ``(rows, 1, C, 1)`` view, measured slower (0.40 -> 0.56 ms at 32 px); the conv
-  form is faster at both sizes (session 12, digits weights, one run: 128 px fp32 1.83 -> 1.25 ms,
+  form is faster at both sizes (2026-12-03, digits weights, one run: 128 px fp32 1.83 -> 1.25 ms,
   32 px 0.285 -> 0.251 ms);
 * FocalNet's int8 split of its projection (above): :class:`SplitPointwise`.
 

@@ -17,7 +17,7 @@ channel_attention   SE, ECA, CBAM's channel half
 cga_attention       the per-head attention of EfficientViT-M's cascaded group attention
 =================== ===========================================================================
 
-Models choose with ``timm.create_model(name, kernels="auto" | "triton" | "reference")`` (see
+Models choose with ``timm.create_model(name, kernel_mode="auto" | "triton" | "reference")`` (see
 :mod:`edgezoo.kernels._mode`); SHViT's single head uses SDPA outside ``"reference"``.
 Triton is imported only when a kernel first runs.
 """

@@ -1,4 +1,4 @@
-"""Which implementation a block runs: ``kernels="auto" | "triton" | "reference"``.
+"""Which implementation a block runs: ``kernel_mode="auto" | "triton" | "reference"``.
 
 * ``reference``: the block's own plain-torch code (no custom op in the graph).
 * ``triton``: the block calls the ``torch.ops.edgezoo.*`` custom op. On CUDA the op runs its Triton
@@ -23,14 +23,14 @@ from torch import nn
 
 __all__ = ["MODES", "check_mode", "interpreting", "kernel_mode", "set_kernels", "triton_available", "use_kernels"]
 
-#: The accepted values of ``kernels=``.
+#: The accepted values of ``kernel_mode=``.
 MODES: tuple[str, ...] = ("auto", "triton", "reference")
 
 
 def check_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`MODES`, else ``ValueError`` listing them."""
     if mode not in MODES:
-        raise ValueError(f"kernels={mode!r} is not a kernel mode; choose one of {', '.join(MODES)}")
+        raise ValueError(f"kernel_mode={mode!r} is not a kernel mode; choose one of {', '.join(MODES)}")
     return mode
 
 

@@ -2,7 +2,7 @@
 of the reference, at realistic shapes (batch 64-256, 224 px inputs, bf16), plus whole-model inference
 throughput and an ez_efficientvit_b1 training step with kernels on and off.
 
-Needs a CUDA GPU (and Triton); writes ``bench/results/kernels-<gpu>.json``. No figure is estimated: a
+Needs a CUDA GPU (and Triton); writes ``results/bench/kernels-<gpu>.json``. No figure is estimated: a
 run without a GPU stops with a one-line message (``--smoke`` checks the script itself on CPU).
 ``scripts/gpu_kernels.sh`` runs it, after the kernel tests on CUDA, in one command.
 
@@ -246,7 +246,6 @@ def sweep_launch_parameters(args: argparse.Namespace, sink: Callable[[dict], Non
     """Time the kernels' block sizes and warp counts at the benchmark shapes (``--sweep``): the figures the
     modules' ``BLOCK_*`` defaults are chosen from. One row per kernel and shape, every variant in it."""
     from edgezoo.kernels import op_linear_attention
-    from edgezoo.kernels._op import contiguous_rows
 
     def r(*shape: int, positive: bool = False) -> torch.Tensor:
         t = torch.rand(shape, device=DEV) if positive else torch.randn(shape, device=DEV)
@@ -273,7 +272,7 @@ def sweep_launch_parameters(args: argparse.Namespace, sink: Callable[[dict], Non
     def linear_attention_sweep(b: int, heads: int, n: int) -> None:
         def qkv_out() -> tuple:
             q, k, v = r(b, heads, 16, n, positive=True), r(b, heads, 16, n, positive=True), r(b, heads, 16, n)
-            return (*(contiguous_rows(t, 16, n) for t in (q, k, v)), torch.empty_like(v))
+            return (*(t.reshape(-1, 16, n).contiguous() for t in (q, k, v)), torch.empty_like(v))
 
         sets = [qkv_out() for _ in range(4)]
         kernel = op_linear_attention.KERNEL.get()
@@ -296,7 +295,7 @@ def bench_models(args: argparse.Namespace, sink: Callable[[dict], None]) -> None
     from edgezoo.kernels import kernel_mode
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.util import randomize_
+    from edgezoo.weights import randomize_
 
     names = ["ez_efficientvit_b1"] if args.quick else ["ez_efficientvit_b1", "ez_efficientvit_b1_mala",
                                                        "ez_focalnet_tiny_srf", "ez_resnet50_se", "ez_efficientvit_m4"]
@@ -371,7 +370,7 @@ def bench_training_step(args: argparse.Namespace, sink: Callable[[dict], None]) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench/results", help="folder of the JSON result")
+    p.add_argument("--out", default="results/bench", help="folder of the JSON result")
     p.add_argument("--batch", type=int, default=128, help="batch of the whole-model runs")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)

@@ -1,7 +1,7 @@
-"""Generate the README's speed section from the JSON ``make bench`` writes under bench/results/.
+"""Generate the README's speed section from the JSON ``make bench`` writes under results/bench/.
 
-    python scripts/bench_table.py bench/results                    # print it (newest fingerprint)
-    python scripts/bench_table.py bench/results --write README.md  # splice it between the bench markers
+    python scripts/bench_table.py results/bench                    # print it (newest fingerprint)
+    python scripts/bench_table.py results/bench --write README.md  # splice it between the bench markers
 
 A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compare-timm``) and
 ``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) for the fingerprint id whose
@@ -29,7 +29,7 @@ _SUFFIXES = ("", "-timm", "-sizes")
 
 
 def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], str | None]:
-    from edgezoo.export.bench.report import load_report
+    from edgezoo.bench.report import load_report
 
     mains = [p for p in folder.glob("*.json")  # scripts' own JSON (int8_activations.py) is not a report
              if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits(-\d+px)?$", p.stem)
@@ -75,10 +75,10 @@ def _finished(path: Path) -> str:
 def main() -> int:
     from _readme import emit  # scripts/ is on sys.path when a script runs
 
-    from edgezoo.export.bench.markdown import markdown
+    from edgezoo.bench.markdown import markdown
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="bench/results")
+    parser.add_argument("folder", type=Path, help="results/bench")
     parser.add_argument("--fingerprint", help="which machine's reports (default: the newest)")
     parser.add_argument("--write", type=Path, metavar="README")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ def splice(text: str, table: str) -> str:
 
 
 def main() -> int:
-    from edgezoo.export.matrix import load_matrix, markdown_table
+    from edgezoo.pipelines.matrix import load_matrix, markdown_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("matrix", type=Path, nargs="+", help="export-matrix.json file(s), merged in order")

@@ -1,13 +1,13 @@
 """The fastest faithful CPU path of each family: digits-trained models on every CPU runtime, agreement-gated.
 
-    python scripts/fastest_path.py --json bench/results/          # make bench-digits
+    python scripts/fastest_path.py --json results/bench/          # make bench-digits
     python scripts/fastest_path.py --train-only                    # just train (cached) checkpoints
     python scripts/fastest_path.py --checkpoints demo-out/runs/*/best.pth   # time checkpoints you have
     python scripts/fastest_path.py --img-size 128 --models ez_shvit_s1     # train and time at 128 px
 
 One model of each family is trained briefly on digits at the small sizes digits suit (the same rows
 and cached checkpoints as ``scripts/int8_table.py``: `edgezoo.train.train_digits`, seeded, under
-``--work``), then benchmarked with :func:`edgezoo.export.bench.bench` on
+``--work``), then benchmarked with :func:`edgezoo.bench.bench` on
 onnxruntime fp32 / int8, OpenVINO fp32 / int8 / bf16 and ExecuTorch fp32 / int8, each batch-1 record
 with its top-1 agreement with PyTorch on every held-out digits image. The report is
 ``<fingerprint>-digits.json`` (``-digits-<S>px.json`` with ``--img-size S``); the README's speed section
@@ -18,7 +18,7 @@ A model's runtimes are timed *interleaved* (``bench(interleave_runtimes=True)``:
 each after an untimed one), so every speed-up is a ratio from one stretch of time. Timed one runtime
 after another, a runtime's figure at 32 px moved by up to 2x between two runs 20 minutes apart, with
 whatever else the machine did in its minute; ``--sequential`` times them that way. Even interleaved, a
-ratio at 48 px moved between 1.30x and 2.20x in nine runs within an hour (session 18): ``--repeat R``
+ratio at 48 px moved between 1.30x and 2.20x in nine runs within an hour (2026-12-04): ``--repeat R``
 runs everything R times and reports the median per-pass ratio with its range.
 """
 
@@ -35,7 +35,7 @@ def main() -> int:
     from int8_table import ROWS, _train  # scripts/ is on sys.path when a script runs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", default="bench/results/", help="report file or folder (default bench/results/)")
+    parser.add_argument("--json", default="results/bench/", help="report file or folder (default results/bench/)")
     parser.add_argument("--work", type=Path, default=Path("runs/int8-table"),
                         help="trained checkpoints and exported artifacts, reused later (default runs/int8-table)")
     parser.add_argument("--threads", type=int, default=2)
@@ -64,9 +64,9 @@ def main() -> int:
     if args.train_only:
         return 0
 
-    from edgezoo.export.bench import Protocol, bench, parse_runtimes
-    from edgezoo.export.bench.fingerprint import fingerprint
-    from edgezoo.export.bench.report import (
+    from edgezoo.bench import Protocol, bench, parse_runtimes
+    from edgezoo.bench.fingerprint import fingerprint
+    from edgezoo.bench.report import (
         check_same_machine,
         load_report,
         merge_reports,
@@ -78,7 +78,7 @@ def main() -> int:
     target, suffix = args.json, f"-digits-{args.img_size}px" if args.img_size else "-digits"
     base = None
     if args.merge:
-        machine = fingerprint(args.threads, measure=False)
+        machine = fingerprint(args.threads)
         here = output_path(target, {"fingerprint": machine}, suffix)
         base = load_report(here) if here.exists() else None
         if base is not None:

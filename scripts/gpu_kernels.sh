@@ -2,16 +2,20 @@
 # The GPU check of edgezoo.kernels, in one command for a lent GPU machine (python3 there already holds
 # torch, triton, timm and pytest-xdist; nothing is installed): the Triton kernel and block tests on
 # CUDA (EDGEZOO_TEST_CUDA=1), then scripts/bench_kernels.py. Everything lands in $OUT (default
-# bench/results): nvidia-smi.txt, pytest.txt, bench.txt and kernels-<gpu>.json.
+# results/bench): nvidia-smi.txt, pytest.txt, bench.txt and kernels-<gpu>.json.
 #
 #     OUT=/tmp/gpu bash scripts/gpu_kernels.sh
 #     PYTEST_K="linear_attention and not slow" SWEEP= PYTEST_S=60 BENCH_S=150 bash scripts/gpu_kernels.sh
 set -u
-OUT=${OUT:-bench/results}
+OUT=${OUT:-results/bench}
 mkdir -p "$OUT"
 site=$(mktemp -d)  # the package as pyproject.toml maps it, without pip (no index there)
-cp -r zoo "$site/edgezoo"
-for p in blocks kernels train export configs; do cp -r "$p" "$site/edgezoo/$p"; done
+python3 - "$site" <<'PY'  # every folder as pyproject.toml's package-dir maps it (edgezoo = zoo, edgezoo.x = x)
+import shutil, sys, tomllib
+mapping = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
+for name, folder in sorted(mapping.items()):
+    shutil.copytree(folder, "/".join([sys.argv[1], *name.split(".")]), dirs_exist_ok=True)
+PY
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu --format=csv \
     | tee "$OUT/nvidia-smi.txt"

@@ -103,8 +103,8 @@ def main() -> int:
     if args.render:
         saved = json.loads(args.json.read_text())
         return _write(markdown(saved["rows"], saved["machine"]), args.write)
-    from edgezoo.export.matrix import machine as describe
     from edgezoo.export.onnx import cpu_has_vnni
+    from edgezoo.pipelines.matrix import machine as describe
 
     machine = f"{describe()}, VNNI {cpu_has_vnni()}, {time.strftime('%Y-%m-%d')}"
     wanted = set(args.models.split(",")) if args.models else None

@@ -1,7 +1,7 @@
 """Generate the README's GPU-kernel tables from the JSON ``scripts/bench_kernels.py`` writes.
 
-    python scripts/kernels_table.py bench/results/kernels-nvidia_h200.json                    # print
-    python scripts/kernels_table.py bench/results/kernels-nvidia_h200.json --write README.md  # splice
+    python scripts/kernels_table.py results/bench/kernels-nvidia_h200.json                    # print
+    python scripts/kernels_table.py results/bench/kernels-nvidia_h200.json --write README.md  # splice
 
 Ops: GPU time per call from CUDA-graph replay (the kernels' own time) and, beside it, the speed-up an
 eager Python caller sees (CPU dispatch included). Models: the whole forward captured in a CUDA graph,

@@ -6,7 +6,7 @@
 
 Beside params and MACs, each row carries its export status per format from the export matrix JSON
 (``make export-matrix``: results/export-matrix.json) and its onnxruntime CPU latency from the newest
-benchmark report under bench/results/ that timed it (``make bench``); a model neither has run is "-".
+benchmark report under results/bench/ that timed it (``make bench``); a model neither has run is "-".
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def ort_latency(folder: Path = BENCH) -> tuple[dict[tuple[str, int], float], str
 
 def render(matrix: Path = MATRIX, bench: Path = BENCH) -> str:
     import edgezoo
-    from edgezoo.cli import _entry_doc, _fmt_count
     from edgezoo.profile import profile_model
+    from edgezoo.registry import model_doc
+    from edgezoo.tables import format_count
 
     status = export_status(matrix)
     latency, fingerprint = ort_latency(bench)
@@ -87,8 +88,8 @@ def render(matrix: Path = MATRIX, bench: Path = BENCH) -> str:
             size = "x".join(map(str, prof.input_size[1:]))
             formats = " | ".join(status.get((name, f), "-") for f in FORMATS)
             ms = latency.get((name, prof.input_size[-1]))
-            lines.append(f"| `{name}` | {family} | {_fmt_count(prof.params)} | {_fmt_count(prof.macs)} | {size} "
-                         f"| {formats} | {f'{ms:.2f}' if ms else '-'} | {_entry_doc(name)} |")
+            lines.append(f"| `{name}` | {family} | {format_count(prof.params)} | {format_count(prof.macs)} | {size} "
+                         f"| {formats} | {f'{ms:.2f}' if ms else '-'} | {model_doc(name)} |")
     lines += ["", "Export status per format at the default input size with random weights (`make export-matrix`: "
               "`verified` ran here and passed its gate, `converted` exists but cannot run here, with the precisions "
               "run); onnxruntime CPU fp32 batch-1 p50 latency at the default size from `make bench`"

@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     torch (and the subprocesses tests start, through ``OMP_NUM_THREADS``) would otherwise run as many
     threads as the machine has cores in every worker, and the workers' OpenMP pools would spin
     against each other: ``make test``'s ONNX export and model tests took 466 s that way against 362 s
-    with one thread per worker (2-core AVX2 EPYC, session 15). Tests that time or compare thread
+    with one thread per worker (2-core AVX2 EPYC, 2026-12-03). Tests that time or compare thread
     counts set theirs explicitly.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
@@ -55,7 +55,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) 
 
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":
-        root = root.parent  # shared by every xdist worker of this session
+        root = root.parent  # shared by every xdist worker of this pytest run
 
     def get(kind: str) -> dict[str, Any]:
         from edgezoo.train import train_digits

@@ -13,13 +13,13 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from edgezoo.bench import Protocol, Runtime, bench, get_runtime, measure, parse_runtimes, summarise
+from edgezoo.bench.fingerprint import cpu_flags, fingerprint_id
+from edgezoo.bench.plot import cost_curve_png, fit_exponents, pareto_front, pareto_png, read_accuracy
+from edgezoo.bench.report import validate_report
+from edgezoo.bench.runtime import _RUNTIMES
 from edgezoo.cli import main
 from edgezoo.errors import InvalidArgumentError
-from edgezoo.export.bench import Protocol, Runtime, bench, get_runtime, measure, parse_runtimes, summarise
-from edgezoo.export.bench.fingerprint import cpu_flags, fingerprint_id
-from edgezoo.export.bench.plot import cost_curve_png, fit_exponents, pareto_front, pareto_png, read_accuracy
-from edgezoo.export.bench.report import validate_report
-from edgezoo.export.bench.runtime import _RUNTIMES
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,9 +94,9 @@ def test_protocol_blocks_time_turns_of_consecutive_calls_after_an_untimed_one() 
 
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"max_seconds": 0}, {"warmup": -1}, {"block": 0}, {"repeat": 0}])
 def test_protocol_rejects_bad_settings(kwargs) -> None:
-    from edgezoo.errors import InvalidArgumentError
+    from edgezoo.bench.protocol import ProtocolError
 
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(ProtocolError):
         Protocol(**kwargs)
 
 
@@ -253,9 +253,9 @@ def test_repeat_runs_the_plan_again_and_a_ratio_is_the_median_of_the_passes(monk
     """``Protocol(repeat=3)``: three passes, each loading the runtimes again; a record's p50 is the median of its
     passes', and the speed-up the median of the per-pass ratios (2x here, where the ratio of the median p50s is
     1.5x), with its range; agreement is measured in the first pass only."""
-    from edgezoo.export.bench import run as bench_run
-    from edgezoo.export.bench.markdown import markdown
-    from edgezoo.export.bench.passes import ratio
+    from edgezoo.bench import run as bench_run
+    from edgezoo.bench.markdown import markdown
+    from edgezoo.bench.passes import ratio
 
     drift = _DriftRuntime()
     _RUNTIMES[drift.name] = drift
@@ -292,7 +292,7 @@ def test_repeat_runs_the_plan_again_and_a_ratio_is_the_median_of_the_passes(monk
 def test_combine_passes_and_ratio_of_single_runs() -> None:
     """A failed later pass is left out and counted; one pass is the record as it is; records without passes
     give the plain ratio of their p50."""
-    from edgezoo.export.bench.passes import combine, ratio
+    from edgezoo.bench.passes import combine, ratio
 
     def rec(p50: float, status: str = "ok") -> dict:
         if status != "ok":
@@ -417,8 +417,8 @@ def test_cost_curve_exponents_and_png(tmp_path) -> None:
 def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     import runpy
 
-    from edgezoo.export.bench.markdown import fastest, markdown
-    from edgezoo.export.bench.report import save_report
+    from edgezoo.bench.markdown import fastest, markdown
+    from edgezoo.bench.report import save_report
 
     report = _synthetic_report()
     assert {m: r["runtime"] for m, r in fastest(report).items()} == dict.fromkeys(("ez_a", "ez_b", "ez_c"), "ort-int8")
@@ -459,7 +459,7 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
 
 def test_fastest_faithful_path_is_agreement_gated(tmp_path) -> None:
     """An int8 record below 99% top-1 agreement is never the fastest path; the digits report gets its own part."""
-    from edgezoo.export.bench.markdown import fastest, markdown
+    from edgezoo.bench.markdown import fastest, markdown
 
     report = _synthetic_report()
     for r in report["records"]:
@@ -580,7 +580,7 @@ def test_op_profile_counts_kernels_per_run(tmp_path) -> None:
     """onnxruntime's profiler summed per op type: one MatMul and one Softmax kernel a run, warm-up left out."""
     from onnx import TensorProto, helper, numpy_helper, save
 
-    from edgezoo.export.bench.op_profile import op_profile, op_profile_table
+    from edgezoo.bench.op_profile import op_profile, op_profile_table
 
     w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Softmax", ["m"], ["y"])]
@@ -607,8 +607,8 @@ def test_artifacts_are_reused_from_the_work_folder_only_for_the_same_model(tmp_p
     import torch
 
     import edgezoo.export
+    from edgezoo.bench.runtime import Artifacts
     from edgezoo.export import prepare
-    from edgezoo.export.bench.runtime import Artifacts
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(8, 10))

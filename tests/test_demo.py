@@ -34,7 +34,7 @@ def _table_row(report: str, model: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory) -> tuple[Path, dict, float]:
     """One family, one epoch on 40% of digits, no exports, torch timed: the cheapest whole run (in this process)."""
-    from edgezoo.demo import run_demo
+    from edgezoo.pipelines.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     kwargs = dict(families=["focal_modulation"], epochs=1, formats=[], jobs=0, progress=False,
@@ -68,7 +68,7 @@ def test_report_holds_the_measured_values(tiny_demo) -> None:
 
 
 def test_resume_reuses_the_trained_model(tiny_demo) -> None:
-    from edgezoo.demo import run_demo
+    from edgezoo.pipelines.demo import run_demo
 
     out, run, mtime = tiny_demo
     done = run_demo(out, resume=True, **run["kwargs"])

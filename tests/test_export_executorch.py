@@ -197,8 +197,8 @@ class _ChannelNormNet(nn.Module):
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_channel_layer_norm_is_delegated_and_float(precision: str, tmp_path: Path):
+    from edgezoo.data.calib import CalibrationSet
     from edgezoo.export.base import ExportJob
-    from edgezoo.export.calib import CalibrationSet
 
     torch.manual_seed(0)
     model = _ChannelNormNet().eval()
@@ -240,8 +240,8 @@ class _PadWindowsThenCbam(nn.Module):
 def test_quantized_pad_before_views_and_a_shared_module_load(tmp_path: Path):
     """The stock quantizer leaves the pad float between int8 tensors, and quantises a shared module's weights
     at its first use only: XNNPACK refused both programs at load time. Fixed, the program loads and runs."""
+    from edgezoo.data.calib import CalibrationSet
     from edgezoo.export.base import ExportJob
-    from edgezoo.export.calib import CalibrationSet
 
     torch.manual_seed(0)
     model = edgezoo.fuse(_PadWindowsThenCbam().eval())
@@ -262,8 +262,8 @@ def test_quantized_pad_before_views_and_a_shared_module_load(tmp_path: Path):
 def test_quantized_split_runs(tmp_path: Path):
     """SHSA splits int8 tensors (the attended slice, then q/k/v): rewritten into delegated slices they
     made the program fail at run time (xnn_status_invalid_parameter), so a quantised split stays whole."""
+    from edgezoo.data.calib import CalibrationSet
     from edgezoo.export.base import ExportJob
-    from edgezoo.export.calib import CalibrationSet
     from edgezoo.shvit import SHViT
 
     torch.manual_seed(0)

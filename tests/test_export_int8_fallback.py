@@ -22,7 +22,7 @@ SIZE = 32
 def qdq(tmp_path_factory) -> dict:
     """A random-weight ResNet-18-ECA (BN statistics calibrated) as an all-int8 QDQ graph, its images, fp32 logits.
 
-    (MobileNetV2-CBAM, used until session 11, is so ill-conditioned with random weights that its graph with
+    (MobileNetV2-CBAM, used until 2026-12-02, is so ill-conditioned with random weights that its graph with
     every activation float and int8 weights drifts further from fp32 than the all-int8 one.)
     """
     torch.manual_seed(0)

@@ -149,8 +149,8 @@ def test_fp16_keeps_the_policy_ops_in_fp32(tmp_path) -> None:
 #: kind -> (int8 scheme, least top-1 agreement, most decisive flips). Both with the default sensitivity
 #: fallback (edgezoo.export.int8_fallback): without it the ViT stopped at 98.9% (EfficientViT-M0, 8 epochs);
 #: with it, measured 2026-12-02 with int8 activations: 99.4%, 2 flips of 360, one of them decisive (fp32
-#: softmax >= 0.5). With uint8 activations (the default since session 11, 1.6-4.3x faster on x86) it measured
-#: 98.9%, 4 flips, 2 decisive (session 12, before and after that session's fallback changes).
+#: softmax >= 0.5). With uint8 activations (the default since 2026-12-02, 1.6-4.3x faster on x86) it measured
+#: 98.9%, 4 flips, 2 decisive (2026-12-03, before and after that day's fallback changes).
 INT8_BAR = {"cnn": ("full", 0.99, 0), "vit": ("weighted", 0.985, 2)}
 
 

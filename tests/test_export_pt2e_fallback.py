@@ -16,8 +16,8 @@ from torch import nn
 pytest.importorskip("executorch")
 
 import edgezoo.export.executorch as et
+from edgezoo.data.calib import CalibrationSet
 from edgezoo.export.base import ExportJob
-from edgezoo.export.calib import CalibrationSet
 from edgezoo.export.pt2e_fallback import (
     Switchboard,
     activation_dequants,

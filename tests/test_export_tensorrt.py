@@ -29,10 +29,10 @@ import pytest
 import torch
 
 import edgezoo.export.tensorrt as trt_format
+from edgezoo.data.calib import CalibrationSet
 from edgezoo.errors import InvalidArgumentError, MissingDependencyError
 from edgezoo.export.api import _check_options, export, metadata_for, prepare
 from edgezoo.export.base import ExportJob, NotRunnable, get_format
-from edgezoo.export.calib import CalibrationSet
 from edgezoo.export.tensorrt import (
     TensorrtFormat,
     builder_flags,

@@ -132,13 +132,13 @@ def test_op_gradients_are_the_references(name: str) -> None:
 
 
 def test_models_take_kernels_and_reject_unknown_modes() -> None:
-    model = timm.create_model("ez_efficientvit_b0", kernels="triton", num_classes=5)
+    model = timm.create_model("ez_efficientvit_b0", kernel_mode="triton", num_classes=5)
     modes = {m.kernel_mode for m in model.modules() if isinstance(m, LiteMLA)}
     assert modes == {"triton"}
     assert {m.kernel_mode for m in timm.create_model("ez_efficientvit_b0").modules() if isinstance(m, LiteMLA)} \
         == {"auto"}
-    with pytest.raises(InvalidArgumentError, match=r"kernels='cuda'"):
-        timm.create_model("ez_efficientvit_b0", kernels="cuda")
+    with pytest.raises(InvalidArgumentError, match=r"kernel_mode=.cuda."):
+        timm.create_model("ez_efficientvit_b0", kernel_mode="cuda")
 
 
 def test_auto_is_the_reference_path_on_cpu() -> None:
@@ -149,7 +149,7 @@ def test_auto_is_the_reference_path_on_cpu() -> None:
 
 
 def test_export_of_a_model_keeps_the_custom_ops() -> None:
-    model = randomize_(timm.create_model("ez_resnet18_eca", kernels="triton", num_classes=10)).eval()
+    model = randomize_(timm.create_model("ez_resnet18_eca", kernel_mode="triton", num_classes=10)).eval()
     x = torch.randn(1, 3, 32, 32)
     program = torch.export.export(model, (x,))
     assert _edgezoo_ops(program.graph_module) == ["edgezoo.channel_attention.default"] * 8  # one per basic block
@@ -185,7 +185,7 @@ def test_torch_compile_runs_the_custom_ops_forward_and_backward() -> None:
 
 @pytest.mark.slow
 def test_torch_compile_inductor_of_a_model_with_triton_kernels() -> None:
-    model = randomize_(timm.create_model("ez_efficientvit_b0", kernels="triton", num_classes=10)).eval()
+    model = randomize_(timm.create_model("ez_efficientvit_b0", kernel_mode="triton", num_classes=10)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = torch.compile(model)(x)
@@ -221,10 +221,10 @@ def test_tensorrt_plugins_register_or_say_what_is_missing() -> None:
 
 
 def test_every_exporter_gets_the_reference_path() -> None:
-    """A model built with kernels="triton" reaches the exporters with plain-torch blocks (standard ops only)."""
+    """A model built with kernel_mode="triton" reaches the exporters with plain-torch blocks (standard ops only)."""
     from edgezoo.export.api import prepare
 
-    model = timm.create_model("ez_efficientvit_b0", kernels="triton")
+    model = timm.create_model("ez_efficientvit_b0", kernel_mode="triton")
     modes = lambda m: {x.kernel_mode for x in m.modules() if hasattr(type(x), "kernel_mode")}  # noqa: E731
     assert modes(model) == {"triton"}
     assert modes(prepare(model).model) == {"reference"}

@@ -1,4 +1,4 @@
-"""``edgezoo sweep`` (edgezoo.train.sweep): the tables and charts it writes, how it launches trainings, and
+"""``edgezoo sweep`` (edgezoo.pipelines.sweep): the tables and charts it writes, how it launches trainings, and
 (slow) a real sweep of two mixers for one epoch on digits, resumed, and the cost curve."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgezoo.errors import InvalidArgumentError
+from edgezoo.pipelines.sweep_report import curve_markdown, pareto_charts, write_tables
 from edgezoo.train import sweep as sw
-from edgezoo.train.sweep_report import curve_markdown, pareto_charts, write_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -48,15 +48,15 @@ def test_tables_and_pareto_charts(tmp_path: Path) -> None:
 def test_one_process_on_cpu_torchrun_on_many_gpus(tmp_path: Path) -> None:
     args = {"model": "ez_mix_none_s", "data": "digits", "epochs": 1, "img_size": 32, "batch_size": None, "set": []}
     single = sw._train_command(args, tmp_path, 0)
-    assert single[:3] == [sys.executable, "-m", "edgezoo.train.sweep"] and "--epochs" in single
+    assert single[:3] == [sys.executable, "-m", "edgezoo.pipelines.sweep"] and "--epochs" in single
     assert "--batch-size" not in single
     multi = sw._train_command(args, tmp_path, 4)
     assert multi[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=4" in multi
-    assert multi[multi.index("edgezoo.train.sweep") - 1] == "-m"
+    assert multi[multi.index("edgezoo.pipelines.sweep") - 1] == "-m"
 
 
 def test_present_runtimes_leave_out_compile_and_absent_ones() -> None:
-    from edgezoo.export.bench import get_runtime
+    from edgezoo.bench import get_runtime
 
     names = sw.present_runtimes().split(",")
     assert "ort" in names and "compile" not in names

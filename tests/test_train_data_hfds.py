@@ -19,7 +19,7 @@ datasets = pytest.importorskip("datasets")
 
 def write_digits_parquet(root: Path, count: int = 256, img_size: int = 16) -> Path:
     """``train.parquet`` / ``validation.parquet``: the first ``count`` / ``count // 4`` digits, ClassLabel targets."""
-    from edgezoo.train.data import DigitsDataset
+    from edgezoo.data.datasets import DigitsDataset
 
     features = datasets.Features({"image": datasets.Image(),
                                   "label": datasets.ClassLabel(names=[f"digit{c}" for c in range(10)])})

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgezoo.data.datasets import source_of
 from edgezoo.train import resolve_config, run, validate_checkpoint
 from edgezoo.train.config import config_dir
-from edgezoo.train.data import source_of
 from tests.train_helpers import TINY, Stop, load_last, rows, stop_after_mid_epoch_save, without_time
 
 pytest.importorskip("webdataset")
@@ -31,7 +31,7 @@ def write_digits_shards(root: Path, img_size: int = 32, train_shards: int = 4, l
     """
     from PIL import Image
 
-    from edgezoo.train.data import DigitsDataset
+    from edgezoo.data.datasets import DigitsDataset
 
     root.mkdir(parents=True, exist_ok=True)
     splits = {}

@@ -182,7 +182,7 @@ def test_randaugment_posterize_at_full_magnitude():
     from PIL import Image
     from timm.data import auto_augment
 
-    from edgezoo.train.data import _posterize_zero_bits_safe
+    from edgezoo.data.datasets import _posterize_zero_bits_safe
 
     _posterize_zero_bits_safe()
     img = Image.new("RGB", (8, 8), (200, 120, 40))

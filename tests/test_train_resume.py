@@ -130,7 +130,7 @@ def test_resume_on_empty_finished_and_other_recipe_folders(tmp_path: Path, capsy
 
 def test_data_order_and_augmentation_resume_anywhere():
     """Each sample's augmentation depends on (seed, epoch, index) only: not on workers, skips or the caller's RNG."""
-    from edgezoo.train.data import build_data, resolve_data_cfg
+    from edgezoo.data.datasets import build_data, resolve_data_cfg
     from edgezoo.train.engine import create_train_model
 
     cfg = tiny(Path("unused"), 1, "aug.auto_augment=rand-m9-mstd0.5-inc1", "aug.reprob=0.5", "aug.color_jitter=0.4")

@@ -359,7 +359,7 @@ def _check_model(name: str) -> str:
     import timm
 
     import edgezoo
-    from edgezoo._registry import resolve_name
+    from edgezoo.registry import resolve_name
 
     if not name:
         raise ConfigError("no model given: pass --model NAME (see `edgezoo list`) or set model.name in the config")

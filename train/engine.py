@@ -165,7 +165,7 @@ class Trainer:
         from timm.scheduler import create_scheduler_v2
         from timm.utils import ModelEmaV3
 
-        from edgezoo.train.data import build_data, resolve_data_cfg
+        from edgezoo.data.datasets import build_data, resolve_data_cfg
         from edgezoo.train.losses import build_criterion, build_teacher
         from edgezoo.train.state import clean_stale_temp_files
 

@@ -68,7 +68,7 @@ def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module
     import timm
 
     from edgezoo import list_models, load_checkpoint
-    from edgezoo._registry import resolve_name
+    from edgezoo.registry import resolve_name
 
     name = d.teacher
     if name in list_models() or not timm.is_model(name):

@@ -30,9 +30,9 @@ def validate_checkpoint(
     next to the checkpoint) and returns the metrics with ``per_class`` accuracies (%).
     """
     from edgezoo import load_checkpoint
+    from edgezoo.data.datasets import build_data, resolve_data_cfg
     from edgezoo.errors import CheckpointError
     from edgezoo.train.config import _check_model
-    from edgezoo.train.data import build_data, resolve_data_cfg
     from edgezoo.train.distributed import setup, teardown
     from edgezoo.train.engine import create_train_model, evaluate
     from edgezoo.train.report import plot_confusion

@@ -8,10 +8,10 @@ works. The front door:
 * :func:`fuse` - the deploy form (BatchNorm folded, branches collapsed, drop-path removed).
 """
 
-from edgezoo._registry import FAMILIES, ModelSpec, create_model, get_spec, list_models
 from edgezoo.checkpoint import load_checkpoint, read_state_dict, save_atomic
 from edgezoo.errors import CheckpointError, ConfigError, EdgezooError, UnknownModelError
 from edgezoo.fuse import fuse
+from edgezoo.registry import FAMILIES, ModelSpec, create_model, get_spec, list_models
 
 # Model families: importing them registers their models.
 from edgezoo import cnn_attention  # noqa: F401  isort: skip

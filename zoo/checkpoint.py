@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgezoo._registry import _SPECS
 from edgezoo.errors import CheckpointError
+from edgezoo.registry import find_spec
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "save_atomic"]
 
@@ -82,7 +82,7 @@ def _weights(obj: Any, path: str | os.PathLike, use_ema: bool) -> dict[str, torc
 
 def _remap(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     arch = getattr(model, "pretrained_cfg", {}).get("architecture")
-    spec = _SPECS.get(arch) if arch else None
+    spec = find_spec(arch) if arch else None
     if spec is not None and spec.filter_fn is not None:
         return spec.filter_fn(state_dict, model)
     return state_dict

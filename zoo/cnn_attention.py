@@ -40,12 +40,12 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from edgezoo._base import StagedBackbone, feature_cfg
-from edgezoo._registry import register
 from edgezoo.blocks.cnn_attention import CBAM, ECA, ELA, CoordAttention, SqueezeExcite, TripletAttention
 from edgezoo.blocks.conv_bn import fold_pair
 from edgezoo.blocks.mobilenet import DepthwiseSeparable, InvertedResidual
 from edgezoo.errors import CheckpointError, InvalidArgumentError
 from edgezoo.fuse import register_fuser
+from edgezoo.registry import register
 
 __all__ = ["ATTN_PAPERS", "MOBILENETV2_ATTN", "MOBILENETV2_ATTN_POSITION", "MobileNetV2", "checkpoint_filter_fn"]
 

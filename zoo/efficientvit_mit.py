@@ -26,10 +26,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from edgezoo._base import StagedBackbone, feature_cfg
-from edgezoo._registry import register
 from edgezoo.blocks.linear_attention import create_token_mixer, resolve_mixer
 from edgezoo.blocks.mbconv import ConvNormAct, DSConv, FusedMBConv, MBConv, ResBlock, Residual
 from edgezoo.errors import ConfigError, InvalidArgumentError
+from edgezoo.registry import register
 
 __all__ = ["ClassifierHead", "EfficientViT", "EfficientViTBlock", "StageCfg", "checkpoint_filter_fn"]
 

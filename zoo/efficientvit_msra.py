@@ -27,10 +27,10 @@ from torch import nn
 
 from edgezoo._base import feature_cfg
 from edgezoo._levit import LevitStage, LevitStyleNet, drop_path_rates, levit_state_dict
-from edgezoo._registry import register
 from edgezoo.blocks.cascaded import CascadedGroupAttention
 from edgezoo.blocks.levit_common import SandwichBlock, StageDownsample, Stem16
 from edgezoo.errors import ConfigError
+from edgezoo.registry import register
 
 __all__ = ["EfficientViTM"]
 

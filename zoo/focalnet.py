@@ -23,9 +23,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from edgezoo._base import StagedBackbone, feature_cfg
-from edgezoo._registry import register
 from edgezoo.blocks.focal import Downsample, FocalNetStage
 from edgezoo.errors import ConfigError
+from edgezoo.registry import register
 
 __all__ = ["FocalNet", "checkpoint_filter_fn"]
 

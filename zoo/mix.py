@@ -29,11 +29,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from edgezoo._base import StagedBackbone, feature_cfg
-from edgezoo._registry import register
 from edgezoo.blocks.focal import GELU
 from edgezoo.blocks.mbconv import ConvNormAct, MBConv, Residual
 from edgezoo.blocks.mixers import MIXERS, create_mixer
 from edgezoo.errors import ConfigError, InvalidArgumentError
+from edgezoo.registry import register
 
 __all__ = ["MIXER_WIDTHS", "SIZES", "TARGET_MACS", "MacroCfg", "MetaBlock", "MixNet"]
 

@@ -46,7 +46,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
 
 def profile_model(name: str, input_size: tuple[int, int, int] | None = None, **kwargs) -> Profile:
     """Params and MACs of a registered model at its default (or the given) input size."""
-    from edgezoo._registry import create_model
+    from edgezoo.registry import create_model
 
     with torch.device("meta"):
         model = create_model(name, **kwargs)

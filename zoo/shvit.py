@@ -21,10 +21,10 @@ from torch import nn
 
 from edgezoo._base import feature_cfg
 from edgezoo._levit import LevitStage, LevitStyleNet, drop_path_rates, levit_state_dict
-from edgezoo._registry import register
 from edgezoo.blocks.levit_common import SandwichBlock, StageDownsample, Stem16
 from edgezoo.blocks.single_head import SHSA
 from edgezoo.errors import ConfigError
+from edgezoo.registry import register
 
 __all__ = ["SHViT"]
 

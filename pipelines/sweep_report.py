@@ -1,0 +1,117 @@
+"""The mixer sweep's outputs: one table as JSON, CSV and Markdown, and a Pareto chart per runtime.
+
+A *row* is one mixer: ``mixer``, ``model``, ``params``, ``macs_224``, ``macs`` (at the sweep's input
+size), ``top1``, ``top1_ema``, ``latency_ms`` (``{runtime label: batch-1 p50}``), ``peak_train_mb`` and
+``train_seconds``. The charts reuse :func:`edgezoo.bench.plot.pareto_png` on the mixers' merged
+benchmark records, one runtime at a time, with the rows' top-1 as the accuracy axis.
+:func:`curve_markdown` renders the cost curve (``cost-curve.json``) with each mixer's own share.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["curve_markdown", "latency_columns", "markdown_table", "pareto_charts", "write_tables"]
+
+
+def latency_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Runtime labels (``"ort fp32"``...) any row has a latency for, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for label in row.get("latency_ms", {}):
+            seen.setdefault(label)
+    return list(seen)
+
+
+def _cells(row: dict[str, Any], runtimes: list[str]) -> list[str]:
+    def num(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    lat = row.get("latency_ms", {})
+    return [row["mixer"], num(row["params"] / 1e6, ".2f"), num(row["macs_224"] / 1e9, ".3f"),
+            num(row["macs"] / 1e6, ".1f"), num(row.get("top1"), ".2f"), num(row.get("top1_ema"), ".2f"),
+            *(num(lat.get(r), ".3f") for r in runtimes), num(row.get("peak_train_mb"), ".0f"),
+            num(row.get("train_seconds"), ".0f")]
+
+
+def _header(runtimes: list[str], img_size: int) -> list[str]:
+    return ["mixer", "params (M)", "GMACs @224", f"MMACs @{img_size}", "top-1 (%)", "top-1 EMA (%)",
+            *(f"{r} p50 (ms)" for r in runtimes), "peak train RSS (MB)", "train (s)"]
+
+
+def markdown_table(rows: list[dict[str, Any]], img_size: int) -> str:
+    """The rows as a Markdown table (latency: batch 1, p50, at the sweep's input size)."""
+    runtimes = latency_columns(rows)
+    header = _header(runtimes, img_size)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cells(r, runtimes)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> dict[str, Path]:
+    """``sweep.json`` (rows + ``meta``), ``sweep.csv`` and ``sweep.md`` in ``out``; their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    img = int(meta["img_size"])
+    paths = {"json": out / "sweep.json", "csv": out / "sweep.csv", "md": out / "sweep.md"}
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    tmp.replace(paths["json"])
+    runtimes = latency_columns(rows)
+    with paths["csv"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(_header(runtimes, img))
+        writer.writerows(_cells(r, runtimes) for r in rows)
+    note = (f"\n\n{meta.get('note', '')}\n" if meta.get("note") else "\n")
+    paths["md"].write_text(markdown_table(rows, img) + note)
+    return paths
+
+
+def pareto_charts(records: list[dict[str, Any]], fingerprint: dict[str, Any], rows: list[dict[str, Any]],
+                  out: Path) -> list[Path]:
+    """One ``pareto-<runtime>-<precision>.png`` per runtime: top-1 against batch-1 p50 latency."""
+    from edgezoo.bench.plot import pareto_png
+
+    accuracy = {r["model"]: r["top1"] for r in rows if r.get("top1") is not None}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec.get("status") == "ok" and rec.get("batch") == 1 and rec["model"] in accuracy:
+            groups.setdefault(f"{rec['runtime']}-{rec['precision']}", []).append(rec)
+    paths = []
+    for label, recs in groups.items():
+        report = {"records": recs, "fingerprint": fingerprint}
+        paths.append(pareto_png(report, out / f"pareto-{label}.png", accuracy=accuracy))
+    return paths
+
+
+def curve_markdown(report: dict[str, Any], baseline: str = "none") -> str:
+    """The cost curve as Markdown: p50 ms per mixer and size, the largest size against ``baseline``, and the
+    growth of the mixer's own cost.
+
+    The mixers are about 5% of the macro's MACs at 224 px, so a whole-model slope hides them; the *excess*
+    over the identity baseline (timed interleaved with it at each size) is the mixer's own latency, and
+    ``b`` is its log-log slope in pixels between the two largest sizes (1: linear in pixels, 2: quadratic),
+    shown where both excesses are at least 5% of the baseline (below that it is noise).
+    """
+    ok = [r for r in report["records"] if r.get("status") == "ok"]
+    sizes = sorted({r["img_size"] for r in ok})
+    p50 = {(r["mixer"], r["img_size"]): r["latency_ms"]["p50"] for r in ok}
+    mixers = list(dict.fromkeys(r["mixer"] for r in ok))
+    head = ["mixer", *(f"{s} px" for s in sizes), f"{sizes[-1]} px / {baseline}", "own ms (largest)", "own b"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    big, last = sizes[-2:] if len(sizes) > 1 else (None, sizes[-1])
+    for m in mixers:
+        cells = [f"`{m}`", *(f"{p50[m, s]:.1f}" if (m, s) in p50 else "-" for s in sizes)]
+        base = p50.get((baseline, last))
+        ratio = f"{p50[m, last] / base:.2f}" if base and (m, last) in p50 else "-"
+        own = {s: p50[m, s] - p50[baseline, s] for s in (big, last) if (m, s) in p50 and (baseline, s) in p50}
+        slope = "-"
+        if m != baseline and len(own) == 2 and all(own[s] >= 0.05 * p50[baseline, s] for s in own):
+            slope = f"{np.log(own[last] / own[big]) / np.log((last / big) ** 2):.2f}"
+        cells += [ratio, f"{own[last]:.1f}" if last in own and m != baseline else "-", slope]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
