@@ -91,8 +91,8 @@ def _merge_base(args: argparse.Namespace, suffix: str, threads: int) -> dict | N
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgezoo.bench import Protocol, bench, parse_runtimes
-    from edgezoo.bench.protocol import ProtocolError
     from edgezoo.bench.plot import read_accuracy
+    from edgezoo.bench.protocol import ProtocolError
     from edgezoo.bench.report import merge_reports, output_path, save_report, table
     from edgezoo.bench.run import check_threads
     from edgezoo.errors import InvalidArgumentError

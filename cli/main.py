@@ -88,7 +88,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on digits (:func:`edgezoo.pipelines.demo.run_demo`): train, validate, export, benchmark, report."""
+    """The whole pipeline on digits (:func:`edgezoo.pipelines.demo.run_demo`): train, export, bench, report."""
     from edgezoo.pipelines.demo import run_demo
 
     families = [f for f in (args.families or "").split(",") if f.strip()] or None

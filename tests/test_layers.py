@@ -174,7 +174,7 @@ def test_the_wheel_lists_every_source_folder() -> None:
     would be silently left out of the wheel)."""
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(setup["packages"])
-    needed = {m.rpartition(".")[0] if not p.name == "__init__.py" else m for m, p in modules().items()}
+    needed = {m.rpartition(".")[0] if p.name != "__init__.py" else m for m, p in modules().items()}
     assert needed <= listed, f"not in [tool.setuptools] packages: {sorted(needed - listed)}"
     mapped = {str(Path(f)) for f in setup["package-dir"].values()}
     tops = {p.parts[0] for p in map(Path, subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True,

@@ -12,7 +12,7 @@ import pytest
 
 from edgezoo.errors import InvalidArgumentError
 from edgezoo.pipelines.sweep_report import curve_markdown, pareto_charts, write_tables
-from edgezoo.train import sweep as sw
+from edgezoo.pipelines import sweep as sw
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
