@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgezoo.errors import CheckpointError, InvalidArgumentError
+from edgezoo.errors import InvalidArgumentError
 
 __all__ = ["Source", "resolve_source"]
 

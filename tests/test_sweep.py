@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgezoo.errors import InvalidArgumentError
-from edgezoo.pipelines.sweep_report import curve_markdown, pareto_charts, write_tables
 from edgezoo.pipelines import sweep as sw
+from edgezoo.pipelines.sweep_report import curve_markdown, pareto_charts, write_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
