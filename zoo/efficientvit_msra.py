@@ -3,7 +3,7 @@ Cascaded Group Attention", CVPR 2023; microsoft/Cream).
 
 Layout: 16x conv stem -> three stages of sandwich blocks (DW -> FFN -> cascaded group attention
 -> DW -> FFN), stages 1-2 opened by DW -> FFN -> PatchMerging -> DW -> FFN -> average pool ->
-BN + Linear. The trunk and head are :class:`edgezoo.shvit.LevitStyleNet`, shared with SHViT.
+BN + Linear. The trunk and head are :class:`edgezoo._levit.LevitStyleNet`, shared with SHViT.
 
 Attention windows: each stage's window is ``min(7, its feature size at img_size)`` (224 ->
 7, 7, 4), which fixes the shape of the bias tables; other input sizes pad and partition into
