@@ -6,8 +6,9 @@
 
 The programs are timed interleaved by the bench protocol (:func:`edgezoo.bench.measure`: turns of 10 calls
 after an untimed one, the order alternating each round: a fixed order biased a per-round ratio by up to 9% on
-a shared machine); the report is each program's median per-call time and its speed-up over the first. The 2026-12-04 lowering figures in the README
-("ExecuTorch lowering") were measured this way, 30 rounds, on the Zen 4 EPYC ``-9963a7``.
+a shared machine); the report is each program's median per-call time and its speed-up over the first. The
+2026-12-04 ExecuTorch lowering figures (docs/notes/2026-12-04-executorch-lowering.md) were measured this way,
+30 rounds, on the Zen 4 EPYC ``-9963a7``.
 """
 
 from __future__ import annotations
