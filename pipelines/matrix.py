@@ -1,8 +1,8 @@
-"""The export matrix: every model x format x precision, as a table, JSON, and a README section.
+"""The export matrix: every model x format x precision, as a table, JSON, and a docs page.
 
 ``edgezoo export --all --format onnx,coreml,executorch`` runs :func:`run_matrix`; the JSON it
-writes is the only source of the README's export table (:func:`markdown_table`, written by
-``scripts/export_table.py`` / ``make export-table``), so the table is generated, never typed.
+writes is the only source of the docs' export table (:func:`markdown_table`, written by ``make tables``),
+so the table is generated, never typed.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def print_table(matrix: dict[str, Any]) -> str:
 
 
 def markdown_table(matrix: dict[str, Any]) -> str:
-    """The matrix as the README's Markdown table, with export times and a legend."""
+    """The matrix as the docs' Markdown table, with export times and a legend."""
     models, columns, cells = _cells(matrix)
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for m in models:

@@ -1,6 +1,6 @@
-"""Train a few models briefly on digits, export them int8, and write the README's int8 table.
+"""The int8 table's measurements: train a few models briefly on digits, export them int8, write the JSON.
 
-    python scripts/int8_table.py --json results/int8.json --write README.md    # make int8-table
+    python -m edgezoo.pipelines.int8 --json results/int8.json    # make int8-table (then make tables)
 
 Each row: a model trained on digits (`edgezoo.train.train_digits`, seeded), exported by
 `edgezoo.export.export` to ONNX int8 with each QDQ placement and to ExecuTorch int8; the cells are
@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-START, END = "<!-- int8-table:start -->", "<!-- int8-table:end -->"
 
 #: (model, epochs, image size): one CNN-attention model, three ViT families, FocalNet. The epochs bring
 #: each to 96.7-98.9% val top-1 at these sizes. FocalNet edge-XS and EfficientViT-B0 need 8: after 3 they
@@ -96,13 +94,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=Path("results/int8.json"))
     parser.add_argument("--work", type=Path, default=Path("runs/int8-table"))
-    parser.add_argument("--write", type=Path, metavar="README")
     parser.add_argument("--models", help="comma-separated subset of the rows")
-    parser.add_argument("--render", action="store_true", help="only re-render the table from --json")
     args = parser.parse_args()
-    if args.render:
-        saved = json.loads(args.json.read_text())
-        return _write(markdown(saved["rows"], saved["machine"]), args.write)
     from edgezoo.export.onnx import cpu_has_vnni
     from edgezoo.pipelines.matrix import machine as describe
 
@@ -121,7 +114,9 @@ def main() -> int:
         print(f"{name}: " + " | ".join(_fmt(c) for c in cells), flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)  # written after every row: a kill loses one row
         args.json.write_text(json.dumps({"machine": machine, "rows": _in_order(rows, kept)}, indent=2))
-    return _write(markdown(_in_order(rows, kept), machine), args.write)
+    print(markdown(_in_order(rows, kept), machine))
+    print(f"{args.json}: the docs' int8 table is rendered from it by `make tables`")
+    return 0
 
 
 def _kept_rows(path: Path, wanted: set[str] | None) -> list[dict[str, Any]]:
@@ -135,16 +130,6 @@ def _in_order(rows: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[di
     """This run's rows and the kept ones (other models), in the order of :data:`ROWS`."""
     order = {name: i for i, (name, _, _) in enumerate(ROWS)}
     return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
-
-
-def _write(table: str, readme: Path | None) -> int:
-    if readme:
-        from _readme import splice
-
-        readme.write_text(splice(readme.read_text(), table, START, END))
-    else:
-        print(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""Generate the README's GPU-kernel tables from the JSON ``scripts/bench_kernels.py`` writes.
-
-    python scripts/kernels_table.py results/bench/kernels-nvidia_h200.json                    # print
-    python scripts/kernels_table.py results/bench/kernels-nvidia_h200.json --write README.md  # splice
+"""The GPU-kernel tables of the kernels page, rendered from the JSON ``scripts/bench_kernels.py`` writes
+(``python -m edgezoo.pipelines.tables kernels-gpu``).
 
 Ops: GPU time per call from CUDA-graph replay (the kernels' own time) and, beside it, the speed-up an
 eager Python caller sees (CPU dispatch included). Models: the whole forward captured in a CUDA graph,
@@ -10,16 +8,7 @@ and eager calls interleaved between the two modes.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _readme import emit
-
-START, END = "<!-- kernels-gpu:start -->", "<!-- kernels-gpu:end -->"
 
 
 def _x(value: float | None) -> str:
@@ -77,16 +66,3 @@ def render(report: dict[str, Any], source: str) -> str:
             f"sets larger than L2; {report['date']}.) GPU columns: calls captured in a CUDA graph and replayed "
             "(the kernels' own time); \"eager call\": the same calls from Python, CPU dispatch included.")
     return "\n".join([head, "", *ops_table(report), "", *models_table(report)])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("report", type=Path, help="kernels-<gpu>.json from scripts/bench_kernels.py")
-    p.add_argument("--write", type=Path, help="README to splice the tables into (between the kernels-gpu markers)")
-    args = p.parse_args(argv)
-    emit(render(json.loads(args.report.read_text()), args.report.as_posix()), args.write, START, END)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
