@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgezoo.cli.args import positive_int
+from edgezoo.cli.args import non_negative_int, positive_int
 
 __all__ = ["add_parsers", "cmd_export"]
 
@@ -73,9 +73,10 @@ def _matrix(args: argparse.Namespace, formats: list[Any], options: dict[str, Any
     path = Path(args.json) if args.json else out / "export-matrix.json"
     matrix = run_matrix(models, [f.name for f in formats], out, precisions=precisions, img_size=args.img_size,
                         log=lambda m: print(m, flush=True), json_path=path, batch=args.batch or 1,
-                        calib=args.calib, calib_size=args.calib_size, **options)
+                        calib=args.calib, calib_size=args.calib_size, jobs=args.jobs, progress=not args.quiet,
+                        **options)
     print(print_table(matrix))
-    print(f"matrix JSON: {path} (README section: python scripts/export_table.py {path} --write README.md)")
+    print(f"matrix JSON: {path} (the docs' table: make tables; run again to continue a stopped matrix)")
     return 0 if all(r["status"] != "failed" for r in matrix["results"]) else 1
 
 
@@ -157,5 +158,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="the model x format x precision matrix of every model")
     p.add_argument("--models", help="with --all: only models matching these comma-separated substrings or globs")
     p.add_argument("--precisions", help="with --all: only these precisions, e.g. fp32,int8")
+    p.add_argument("--jobs", type=non_negative_int,
+                   help="with --all: worker processes (default: the cores; 0: in this process)")
     p.add_argument("--list-formats", action="store_true", help="list formats, their options and what is installed")
     p.set_defaults(func=cmd_export)
