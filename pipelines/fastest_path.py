@@ -32,7 +32,8 @@ RUNTIMES = "torch,ort,ort-int8,openvino,executorch"
 
 
 def main() -> int:
-    from edgezoo.pipelines.int8 import ROWS, _train
+    from edgezoo.pipelines.int8 import ROWS, train_stages
+    from edgezoo.pipelines.runner import Plan, run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="results/bench/", help="report file or folder (default results/bench/)")
@@ -57,10 +58,16 @@ def main() -> int:
     args = parser.parse_args()
     rows = [(m, e, args.img_size or size) for m, e, size in ROWS if not args.models or m in args.models.split(",")]
     ckpts = list(args.checkpoints or [])
-    for name, epochs, size in [] if ckpts else rows:
-        ckpt, top1 = _train(name, epochs, size, args.work)
-        print(f"{name}: {epochs} epochs at {size} px, top-1 {top1:.1f}% ({ckpt})", flush=True)
-        ckpts.append(ckpt)
+    if not ckpts:  # train (or reuse) the rows' checkpoints through the runner, the int8 table's stages
+        trains = train_stages(rows, args.work)
+        outcomes = run(Plan(trains, args.work / ".plan-int8"), desc="train")
+        for (name, epochs, size), stage in zip(rows, trains, strict=True):
+            result = outcomes[stage.name].result
+            if result is None:
+                raise SystemExit(f"{name}: training failed: {outcomes[stage.name].error}")
+            print(f"{name}: {epochs} epochs at {size} px, top-1 {result['top1']:.1f}% ({result['checkpoint']})",
+                  flush=True)
+            ckpts.append(result["checkpoint"])
     if args.train_only:
         return 0
 
