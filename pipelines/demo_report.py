@@ -143,19 +143,18 @@ def _timings(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     where = (f"its own worker process, {meta['jobs']} side by side" if meta["jobs"] else "in the demo's process")
     lines = ["## Where the time went", "", f"Seconds, wall / CPU, of each stage ({where}, "
              f"{meta['threads']} thread{'s' if meta['threads'] > 1 else ''}).",
-             "", f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+             ""]
 
     def cell(t: dict[str, Any] | None) -> str:
         if not t or "wall_s" not in t:
             return "-"
         return f"{t['wall_s']:.0f} / {t['cpu_s']:.0f}" + (" (reused)" if t.get("reused") else "")
 
-    for r in results:
-        bench = (r.get("bench") or {}).get("timing")
-        lines.append(f"| `{r['model']}` | {cell(r.get('train'))} | "
-                     + " | ".join(cell(r["exports"].get(k)) for k in keys) + f" | {cell(bench)} |")
-    lines += ["", f"Whole run: {meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} s CPU (every process), "
-                  f"{meta['jobs']} worker processes; 1-minute load average at the end {meta['load_average_1min_end']}."]
+    rows = [[f"`{r['model']}`", cell(r.get("train")), *(cell(r["exports"].get(k)) for k in keys),
+             cell((r.get("bench") or {}).get("timing"))] for r in results]
+    lines += [markdown_table(rows, head), "",
+              f"Whole run: {meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} s CPU (every process), {meta['jobs']} "
+              f"worker processes; 1-minute load average at the end {meta['load_average_1min_end']}."]
     return lines
 
 

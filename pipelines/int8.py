@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgezoo.pipelines.runner import Plan, Stage, run
+from edgezoo.tables import markdown_table
 
 #: (model, epochs, image size): one CNN-attention model, three ViT families, FocalNet. The epochs bring
 #: each to 96.7-98.9% val top-1 at these sizes. FocalNet edge-XS and EfficientViT-B0 need 8: after 3 they
@@ -84,11 +85,8 @@ def _fmt(c: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK"]
-    lines = [f"| {' | '.join(head)} |", f"|{'---|' * len(head)}"]
-    for r in rows:
-        cells = [_fmt(c) for c in r["cells"]]
-        row = f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)"
-        lines.append(f"| {row} | {' | '.join(cells)} |")
+    lines = [markdown_table([[f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)",
+                              *(_fmt(c) for c in r["cells"])] for r in rows], head)]
     images = {c["images"] for r in rows for c in r["cells"] if c.get("images")}
     lines.append("")
     lines.append(f"Top-1 agreement with fp32 on {', '.join(map(str, sorted(images)))} held-out digits (ONNX: "

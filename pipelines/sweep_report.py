@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgezoo.tables import markdown_table as table
+
 __all__ = ["latency_columns", "markdown_table", "pareto_charts", "write_tables"]
 
 
@@ -45,9 +47,7 @@ def markdown_table(rows: list[dict[str, Any]], img_size: int) -> str:
     """The rows as a Markdown table (latency: batch 1, p50, at the sweep's input size)."""
     runtimes = latency_columns(rows)
     header = _header(runtimes, img_size)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cells(r, runtimes)) + " |" for r in rows]
-    return "\n".join(lines)
+    return table([_cells(r, runtimes) for r in rows], header)
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> dict[str, Path]:

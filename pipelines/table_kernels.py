@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgezoo.tables import markdown_table
+
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
@@ -19,42 +21,38 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _table(header: list[str], rows: list[str]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
-
-
-def ops_table(report: dict[str, Any]) -> list[str]:
+def ops_table(report: dict[str, Any]) -> str:
     copy, rows = report["copy_bandwidth_gbs"], []
     for r in report["ops"]:
         if "error" in r:
-            rows.append(f"| {r['op']} | {r['shape']} | error: {r['error'][:80]} |||||||")
+            rows.append([r["op"], r["shape"], f"error: {r['error'][:80]}", *[""] * 6])
             continue
         gbs = f"{r['triton_gbs']:.0f} ({r['triton_gbs'] / copy:.0%})" if "triton_gbs" in r else "-"
-        rows.append(f"| {r['op']} | {r['shape']} | {_ms(r.get('eager_gpu_ms'))} | {_ms(r.get('compile_gpu_ms'))} | "
-                    f"{_ms(r.get('triton_gpu_ms'))} | {_x(r.get('gpu_speedup_vs_eager'))} | "
-                    f"{_x(r.get('gpu_speedup_vs_compile'))} | {gbs} | "
-                    f"{_x(r.get('speedup_vs_eager'))} / {_x(r.get('speedup_vs_compile'))} |")
-    return _table(["op", "shape (bf16)", "eager ms", "compile ms", "Triton ms", "vs eager", "vs compile",
-                   "Triton GB/s (of copy)", "eager call: vs eager / vs compile"], rows)
+        rows.append([r["op"], r["shape"], _ms(r.get("eager_gpu_ms")), _ms(r.get("compile_gpu_ms")),
+                     _ms(r.get("triton_gpu_ms")), _x(r.get("gpu_speedup_vs_eager")),
+                     _x(r.get("gpu_speedup_vs_compile")), gbs,
+                     f"{_x(r.get('speedup_vs_eager'))} / {_x(r.get('speedup_vs_compile'))}"])
+    return markdown_table(rows, ["op", "shape (bf16)", "eager ms", "compile ms", "Triton ms", "vs eager", "vs compile",
+                                 "Triton GB/s (of copy)", "eager call: vs eager / vs compile"])
 
 
-def models_table(report: dict[str, Any]) -> list[str]:
+def models_table(report: dict[str, Any]) -> str:
     rows = []
     for r in report["models"]:
         if "error" in r:
-            rows.append(f"| `{r['model']}` | {r['batch']} | error: {r['error'][:80]} ||||")
+            rows.append([f"`{r['model']}`", r["batch"], f"error: {r['error'][:80]}", "", "", ""])
             continue
-        rows.append(f"| `{r['model']}` | {r['batch']} | {_ms(r.get('reference_gpu_ms'))} | "
-                    f"{_ms(r.get('triton_gpu_ms'))} | {_x(r.get('gpu_speedup'))} | {_x(r.get('speedup'))} |")
+        rows.append([f"`{r['model']}`", r["batch"], _ms(r.get("reference_gpu_ms")), _ms(r.get("triton_gpu_ms")),
+                     _x(r.get("gpu_speedup")), _x(r.get("speedup"))])
     for r in report["training"]:
         if "error" not in r:
             runs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(r["reference_ms_runs"], r["triton_ms_runs"],
                                                                     strict=True))
-            rows.append(f"| `{r['model']}` training step (SGD; interleaved runs, reference/Triton ms: {runs}) | "
-                        f"{r['batch']} | {r['reference_ms']:.1f} (eager) | {r['triton_ms']:.1f} (eager) | - | "
-                        f"{_x(r['speedup'])} |")
-    return _table(["model (bf16 autocast, 224 px)", "batch", "reference GPU ms", "Triton GPU ms", "GPU speed-up",
-                   "eager speed-up"], rows)
+            rows.append([f"`{r['model']}` training step (SGD; interleaved runs, reference/Triton ms: {runs})",
+                         r["batch"], f"{r['reference_ms']:.1f} (eager)", f"{r['triton_ms']:.1f} (eager)", "-",
+                         _x(r["speedup"])])
+    return markdown_table(rows, ["model (bf16 autocast, 224 px)", "batch", "reference GPU ms", "Triton GPU ms",
+                                 "GPU speed-up", "eager speed-up"])
 
 
 def render(report: dict[str, Any], source: str) -> str:
@@ -65,4 +63,4 @@ def render(report: dict[str, Any], source: str) -> str:
             f"{t['rounds']} rounds of {t['repeats']} calls timed with CUDA events; inputs rotate through fresh "
             f"sets larger than L2; {report['date']}.) GPU columns: calls captured in a CUDA graph and replayed "
             "(the kernels' own time); \"eager call\": the same calls from Python, CPU dispatch included.")
-    return "\n".join([head, "", *ops_table(report), "", *models_table(report)])
+    return "\n".join([head, "", ops_table(report), "", models_table(report)])
