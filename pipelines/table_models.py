@@ -93,9 +93,11 @@ def render(results: Path, family: str | None = None) -> str:
         ms = latency.get((name, size[-1]))
         rows.append([f"`{name}`", *([] if family else [prof["family"]]), format_count(prof["params"]),
                      format_count(prof["macs"]), "x".join(map(str, size[1:])),
-                     *(status.get((name, f), "-") for f in FORMATS), f"{ms:.2f}" if ms else "-", prof["doc"]])
+                     *(status.get((name, f), "-") for f in FORMATS), f"{ms:.2f}" if ms else "-",
+                     *([] if family else [prof["doc"]])])
+    # a family's page describes its models below the table (the module's docstring): no description column
     header = ["model", *([] if family else ["family"]), "params", "MACs", "input", *FORMATS, "ort fp32 ms",
-              "what it is"]
+              *([] if family else ["what it is"])]
     note = ("Params and MACs: `python -m edgezoo.pipelines.tables --profile` (`results/models.json`; MACs at the "
             "default input size, 1000 classes). Export status per format at the default input size with random "
             "weights (`make export-matrix`, `results/export-matrix.json`: `verified` ran here and passed its gate, "
