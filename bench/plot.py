@@ -69,7 +69,9 @@ def _plt() -> Any:
 
 
 def _ok(report: dict[str, Any], batch: int | None = 1) -> list[dict[str, Any]]:
-    return [r for r in report["records"] if r["status"] == "ok" and (batch is None or r["batch"] == batch)]
+    """Timed records with a p50 (a native tool that prints only a mean has none) at ``batch``."""
+    return [r for r in report["records"] if r["status"] == "ok" and "p50" in r["latency_ms"]
+            and (batch is None or r["batch"] == batch)]
 
 
 def _finish(plt: Any, fig: Any, ax: Any, report: dict[str, Any], title: str, ylabel: str,

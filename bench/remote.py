@@ -199,9 +199,11 @@ def _check_space(tr: Transport, target: Target, files: Sequence[Path]) -> None:
                           f"work folder (targets file: work)")
 
 
-def _python_run(tr: Transport, target: Target, run_dir: str, job: dict[str, Any], entries: dict[str, Entry],
-                land: Callable[[Entry, dict[str, Any], dict[str, Any]], None]) -> dict[str, Any] | None:
-    """Run the Python runner on ``job``; ``land(entry, fields, fingerprint)`` per record; return the fingerprint."""
+def _python_run(tr: Transport, target: Target, run_dir: str, entries: dict[str, Entry],
+                land: Callable[[Entry, dict[str, Any], dict[str, Any]], None], loads: list[float | None],
+                ) -> dict[str, Any] | None:
+    """Run the Python runner on the shipped job; ``land(entry, fields, fingerprint)`` per record; the target's
+    load average at its start and end appended to ``loads``; return the fingerprint."""
     py = target.python or "python3"
     fp: dict[str, Any] | None = None
     missing: list[dict[str, Any]] = []
@@ -214,6 +216,7 @@ def _python_run(tr: Transport, target: Target, run_dir: str, job: dict[str, Any]
         kind = ev.pop("event")
         if kind == "hello":
             fp = ev["fingerprint"]
+            loads.append(ev.get("load"))
         elif kind == "missing":
             missing.append(ev)
         elif kind in ("record", "failed") and fp is not None:
@@ -222,6 +225,7 @@ def _python_run(tr: Transport, target: Target, run_dir: str, job: dict[str, Any]
             crash = ev["error"]
         elif kind == "done":
             done = True
+            loads.append(ev.get("load"))
     rc, stderr = tr.ended
     lost = tr.classify(stderr, rc, "running the benchmark", shell=True) if rc else None
     if lost is not None:
@@ -368,13 +372,14 @@ def bench_remote(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]
     run_dir = f"{tgt.work.rstrip('/')}/run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     records: dict[str, dict[str, Any]] = {}
     fp_holder: dict[str, Any] = {}
+    loads: list[float | None] = []  # the target's, from the Python runner
 
     def report() -> dict[str, Any]:
         fp = fp_holder.get("fp") or {"id": "unknown", "cpu": "unknown", "flags": {}, "threads": 0, "gpus": [],
                                      "versions": {}}
         return {"schema": SCHEMA, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "load_average_1min": [None], "fingerprint": fp, "protocol": protocol.to_dict(), "target": tgt.name,
-                "host": {"node": platform.node(), "python": platform.python_version()},
+                "load_average_1min": loads or [None], "fingerprint": fp, "protocol": protocol.to_dict(),
+                "target": tgt.name, "host": {"node": platform.node(), "python": platform.python_version()},
                 "records": [records[e.key] for e in entries if e.key in records]}
 
     def land(e: Entry, fields: dict[str, Any], fp: dict[str, Any]) -> None:
@@ -433,10 +438,10 @@ def bench_remote(sources: Sequence[Any], runtimes: list[tuple[Runtime, list[str]
         tr.push(ship, run_dir)
         if natives or plugins:
             tr.push([*natives, *([Path(plugins).expanduser()] if plugins else [])], f"{run_dir}/bin")
-            tr.run(f"chmod +x {run_dir}/bin/*", "making the runners executable")
+            tr.run(f"chmod +x {shlex.quote(run_dir)}/bin/*", "making the runners executable")
         python_fp = None
         if job["groups"]:
-            python_fp = _python_run(tr, tgt, run_dir, job, {e.key: e for e in entries}, land)
+            python_fp = _python_run(tr, tgt, run_dir, {e.key: e for e in entries}, land, loads)
         native = [e for e in entries if e.tool and e.path is not None]
         if native:
             fp = python_fp or shell_fingerprint(tr, want_threads)

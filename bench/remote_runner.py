@@ -192,6 +192,14 @@ def time_group(group: list[dict[str, Any]], job: dict[str, Any], threads: int, i
         emit("record", key=key, **fields)
 
 
+def load_average() -> float | None:
+    """The target's 1-minute load average (how busy it was), ``None`` where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
 
@@ -210,7 +218,7 @@ def main(argv: list[str]) -> int:
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = int(job.get("threads") or usable)
-    emit("hello", pid=os.getpid(), fingerprint=fingerprint(threads), python=sys.executable)
+    emit("hello", pid=os.getpid(), fingerprint=fingerprint(threads), python=sys.executable, load=load_average())
     import numpy as np
 
     names = {e["agree"] for g in groups for e in g if e.get("agree")}
@@ -219,7 +227,7 @@ def main(argv: list[str]) -> int:
         if n and job.get("cooldown_s"):
             time.sleep(float(job["cooldown_s"]))  # let a phone or a fanless board cool between groups
         time_group(group, job, threads, images)
-    emit("done")
+    emit("done", load=load_average())
     return 0
 
 

@@ -11,6 +11,7 @@ path entry are never processed).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -50,10 +51,8 @@ class Sshd:
 
     def stop(self) -> None:
         for pid in self.connection_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.kill()
         self.proc.wait(timeout=10)
 

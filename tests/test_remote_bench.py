@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from edgezoo.bench.native import native_command, parse_benchmark_model, parse_executor_runner, parse_ort_perf_test, \
-    parse_trtexec
+from edgezoo.bench.native import (
+    native_command,
+    parse_benchmark_model,
+    parse_executor_runner,
+    parse_ort_perf_test,
+    parse_trtexec,
+)
 from edgezoo.bench.targets import parse_target
 from edgezoo.cli.main import main
 from edgezoo.errors import InvalidArgumentError
@@ -99,7 +104,8 @@ def test_native_parsers_read_each_tools_documented_output() -> None:
     lite = parse_benchmark_model(BENCHMARK_MODEL)  # the timed runs' line, not the warm-up's
     assert lite["latency_ms"] == {"min": 1.241, "mean": 1.3522, "std": 0.072}
     assert (lite["runs"], lite["load_ms"], lite["peak_memory_mb"]) == (739, 4.532, 12.5)
-    same = parse_benchmark_model("INFO: count=5 first=9 curr=9 min=9 max=9 avg=9 std=0\nINFO: count=20 curr=800(all same)")
+    same = parse_benchmark_model("INFO: count=5 first=9 curr=9 min=9 max=9 avg=9 std=0\n"
+                                 "INFO: count=20 curr=800(all same)")
     assert same["latency_ms"] == {"min": 0.8, "mean": 0.8, "p50": 0.8}
 
     trt = parse_trtexec(TRTEXEC)  # host latency, not the H2D or GPU-compute lines
@@ -214,8 +220,9 @@ def test_an_artifact_runs_there_with_the_protocol_and_the_targets_fingerprint(tm
                                                                                                8, 30)
     assert fp["id"] == rec["fingerprint"] == report["fingerprint"]["id"] and rec["threads"] == fp["threads"] == 1
     assert "onnxruntime" in fp["versions"] and "edgezoo" not in fp["versions"]  # the target's own packages
-    assert fp["python"] == subprocess.run([str(target_python), "-c", "import platform; print(platform.python_version())"],
-                                          capture_output=True, text=True).stdout.strip()
+    version = "import platform; print(platform.python_version())"
+    assert fp["python"] == subprocess.run([str(target_python), "-c", version], capture_output=True,
+                                          text=True).stdout.strip()
     lat = rec["latency_ms"]
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["std"] >= 0 and rec["load_ms"] > 0
     from edgezoo.bench.report import validate_report
@@ -229,7 +236,8 @@ def test_unreachable_port_is_one_line(tmp_path: Path, sshd: Sshd, capsys) -> Non
     from tests.sshd import free_port
 
     tf = targets_file(tmp_path / "t.yaml", sshd, None, port=free_port())
-    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop", "--targets", str(tf)])
+    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop",
+                                  "--targets", str(tf)])
     assert "cannot reach ssh://" in err and "Connection refused" in err
 
 
@@ -238,7 +246,8 @@ def test_a_key_the_server_does_not_know_is_refused_in_one_line(tmp_path: Path, s
     from tests.sshd import keygen
 
     tf = targets_file(tmp_path / "t.yaml", sshd, None, key=keygen(tmp_path / "stranger"))
-    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop", "--targets", str(tf)])
+    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop",
+                                  "--targets", str(tf)])
     assert "refused authentication" in err and "Permission denied" in err
 
 
@@ -246,7 +255,8 @@ def test_a_key_the_server_does_not_know_is_refused_in_one_line(tmp_path: Path, s
 def test_a_runtime_missing_there_names_the_package(tmp_path: Path, sshd: Sshd, capsys) -> None:
     numpy_only = bare_python(tmp_path / "np", ("numpy",))
     tf = targets_file(tmp_path / "t.yaml", sshd, numpy_only)
-    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop", "--targets", str(tf)])
+    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop",
+                                  "--targets", str(tf)])
     assert "onnxruntime is missing for runtime ort" in err and "pip install onnxruntime there" in err
 
 
@@ -257,13 +267,14 @@ def test_a_runner_binary_for_another_cpu_is_not_executable(tmp_path: Path, sshd:
     header = b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + (183).to_bytes(2, "little")  # EM_AARCH64
     binary.write_bytes(header + bytes(64 - len(header)))
     tf = targets_file(tmp_path / "t.yaml", sshd, None)
-    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop", "--targets", str(tf),
-                                  "--runner", f"onnxruntime_perf_test={binary}"])
+    err = one_line_error(capsys, ["bench", str(tiny_onnx(tmp_path / "m.onnx")), "--remote", "loop",
+                                  "--targets", str(tf), "--runner", f"onnxruntime_perf_test={binary}"])
     assert "runner binary" in err and "is not executable there" in err
 
 
 @needs_sshd
-def test_no_space_in_the_work_folder_is_one_line(tmp_path: Path, sshd: Sshd, target_python: Path, capsys) -> None:
+def test_no_space_in_the_work_folder_is_one_line(tmp_path: Path, sshd: Sshd, target_python: Path,
+                                                 capsys) -> None:
     """A sparse 1 TB artifact (no disk used here) against the target's free space, read with ``df``."""
     big = tmp_path / "big.onnx"
     with big.open("wb") as fh:
@@ -314,3 +325,21 @@ def test_the_five_families_and_executorch_agree_with_pytorch_there(tmp_path: Pat
         assert rec["fingerprint"] == rec["target_fingerprint"]["id"]
         assert "edgezoo" not in rec["target_fingerprint"]["versions"]
         assert rec["agreement"]["top1_agreement"] == 1.0 and rec["agreement"]["images"] == 20, rec["model"]
+
+
+def test_the_runner_and_what_it_ships_need_no_edgezoo() -> None:
+    """The runner imports the standard library, numpy, a runtime's own package and its shipped siblings only;
+    every file it is shipped with exists."""
+    import ast
+    import sys
+
+    from edgezoo.bench import remote
+
+    folder = Path(remote.__file__).parent
+    allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "executorch", "openvino", "ai_edge_litert",
+                                              "torch", "protocol", "fingerprint", "memory"}
+    for name in remote.SHIPPED:
+        tree = ast.parse((folder / name).read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert names - {""} <= allowed, f"{name} imports {names - allowed}"
