@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgezoo.cli.args import non_negative_int, positive_float, positive_int
+
 __all__ = ["add_parsers", "cmd_bench"]
 
 
@@ -134,6 +136,20 @@ def _remote(args: argparse.Namespace, runtimes: list, batches: list[int], sizes:
     return 1 if any(r["status"] == "failed" for r in report["records"]) else 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output the run will write can be written, checked before the first timing (a folder argument
+    is the folder itself; a file argument, its parent)."""
+    from pathlib import Path
+
+    from edgezoo.paths import writable_dir
+
+    for flag in ("json", "plot", "curve"):
+        target = getattr(args, flag, None)
+        if target:
+            folder = Path(target) if Path(target).is_dir() or str(target).endswith("/") else Path(target).parent
+            writable_dir(folder, f"--{flag}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgezoo.bench import Protocol, bench, parse_runtimes
     from edgezoo.bench.plot import read_accuracy
@@ -147,6 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runtimes = parse_runtimes(args.runtime or ("ort" if args.remote else "torch,ort"))
     batches = _ints(args.batch, "--batch")
     threads = check_threads(args.threads)
+    _check_outputs(args)
     if args.img_size is not None and args.sizes:
         raise InvalidArgumentError("choose one of --img-size S and --sizes S1,S2,...")
     sizes = _ints(args.sizes, "--sizes") if args.sizes else [args.img_size]
@@ -203,14 +220,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated runtimes, optionally RUNTIME:PRECISION (e.g. openvino:bf16), or all "
                         "(see --list-runtimes; default torch,ort; with --remote: ort)")
     p.add_argument("--batch", "-b", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the usable cores)")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: the usable cores)")
+    p.add_argument("--img-size", type=positive_int,
+                   help="input resolution (default: the checkpoint's, else the model's)")
     p.add_argument("--sizes", help="several input resolutions, e.g. 128,256,384,512, timed interleaved (a cost "
                                    "curve: see --curve)")
-    p.add_argument("--runs", type=int, default=100, help="timed runs per record (default 100)")
-    p.add_argument("--seconds", type=float, default=10.0, help="at most this long timing one record (default 10)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    p.add_argument("--repeat", type=int, default=1, metavar="R",
+    p.add_argument("--runs", type=positive_int, default=100, help="timed runs per record (default 100)")
+    p.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="at most this long timing one record (default 10)")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="R",
                    help="run the whole benchmark R times, every runtime loaded again each time; a record's latency "
                         "is the median of its passes and a ratio the median of the per-pass ratios, with its range "
                         "(default 1; on a shared machine a single run's ratio is one draw)")
@@ -219,10 +238,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interleave-runtimes", action="store_true",
                    help="time all the runtimes of a model together, in turns of --block calls, so their ratios come "
                         "from one stretch of time (on a shared machine, the only comparable figures)")
-    p.add_argument("--block", type=int, default=1,
+    p.add_argument("--block", type=positive_int, default=1,
                    help="timed calls per turn when interleaving, after one untimed call when > 1 (default 1; "
                         "--interleave-runtimes makes it 10)")
-    p.add_argument("--agree", type=int, default=0, metavar="N",
+    p.add_argument("--agree", type=non_negative_int, default=0, metavar="N",
                    help="top-1 agreement with PyTorch on N held-out --calib images, batch-1 records (default 0: off)")
     p.add_argument("--calib", default="digits", help="int8 calibration and --agree images: digits or a folder")
     p.add_argument("--json", help="write the report here (a folder: <folder>/<fingerprint>[-timm|-sizes].json)")

@@ -34,7 +34,7 @@ from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier, make_divisible
+from timm.layers import calculate_drop_path_rates, create_classifier, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
@@ -154,7 +154,7 @@ class MobileNetV2(StagedBackbone):
             conv=nn.Conv2d(in_chans, chs, 3, 2, 1, bias=False), bn=nn.BatchNorm2d(chs), act=nn.ReLU6(inplace=True),
         ))
         num_blocks = sum(n for _, _, n, _ in self.SETTINGS)
-        dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        dpr = calculate_drop_path_rates(drop_path_rate, num_blocks)
         stages, self.feature_info, stride, idx = [], [], 2, 0
         for i, (t, c, n, s) in enumerate(self.SETTINGS):
             out = make_divisible(c * width_mult, 8)
