@@ -225,10 +225,15 @@ def test_an_artifact_runs_there_with_the_protocol_and_the_targets_fingerprint(tm
                                           text=True).stdout.strip()
     lat = rec["latency_ms"]
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["std"] >= 0 and rec["load_ms"] > 0
-    from edgezoo.bench.report import validate_report
+    from edgezoo.bench.report import table, validate_report
 
     validate_report(report)
     assert "ort" in capsys.readouterr().out
+    # a native tool's record (a mean only) fits the same report and table
+    native = {**rec, "runtime": "executorch", "protocol": "executor_runner", **parse_executor_runner(EXECUTOR_RUNNER)}
+    report["records"].append(native)
+    validate_report(report)
+    assert "executor_runner mean 1.23" in table(report)
 
 
 @needs_sshd
@@ -313,7 +318,9 @@ def test_the_five_families_and_executorch_agree_with_pytorch_there(tmp_path: Pat
     tf = targets_file(tmp_path / "t.yaml", sshd, target_python)
     common = ["--remote", "loop", "--targets", str(tf), "--img-size", "32", "--runs", "20", "--agree", "20", "-q",
               "--work", str(tmp_path / "work")]
-    assert main(["bench", *smallest_per_family(), "--runtime", "ort", *common, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["bench", *smallest_per_family(), "--runtime", "ort", *common, "--json", str(tmp_path / "a.json"),
+                 "--plot", str(tmp_path / "pareto.png")]) == 0
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"  # the local report's chart, from remote records
     assert main(["bench", "ez_efficientvit_m0", "--runtime", "executorch:fp32", *common,
                  "--json", str(tmp_path / "b.json")]) == 0
     records = [r for f in ("a.json", "b.json") for r in json.loads((tmp_path / f).read_text())["records"]]
