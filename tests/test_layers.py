@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Modules that run on a remote target without edgezoo installed: standard library and numpy only.
-STANDALONE = ("edgezoo.bench.protocol", "edgezoo.bench.fingerprint")
+STANDALONE = ("edgezoo.bench.protocol", "edgezoo.bench.fingerprint", "edgezoo.bench.memory")
 
 #: What ``import edgezoo`` must not pull in (triton arrives through torch and timm: not ours to avoid).
 HEAVY = ("onnx", "onnxruntime", "coremltools", "executorch", "matplotlib", "sklearn", "openvino", "tensorrt",
