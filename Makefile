@@ -23,10 +23,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/edgezoo demo
 
+# the remote-benchmark tests start a real sshd on the loopback: install OpenSSH's server where it is missing
 test: $(STAMP)
+	scripts/ensure_sshd.sh
 	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 test-all: $(STAMP)
+	scripts/ensure_sshd.sh
 	$(BIN)/python -m pytest -q $(XDIST) tests
 
 lint: $(STAMP)
