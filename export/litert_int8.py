@@ -7,8 +7,10 @@ regular expressions over op output tensors, and an op a rule names with ``no_qua
 Quantize/Dequantize ops at its borders. litert-torch names each tensor after the module that made it, so
 the precision policy maps to rules:
 
-* every SOFTMAX, and the ops inside a LayerNorm module, stay float (as :mod:`edgezoo.export.fp32_policy`
-  keeps them for ONNX and :mod:`edgezoo.export.executorch` for ExecuTorch);
+* every SOFTMAX with the element-wise ops feeding it (bias, scale), every BATCH_MATMUL (the attention's
+  activation-by-activation products) and the ops inside a LayerNorm module stay float (as
+  :mod:`edgezoo.export.fp32_policy` keeps them for ONNX and :mod:`edgezoo.export.executorch` for ExecuTorch,
+  whose quantizer leaves matmuls float);
 * inside a block that declares ``fp32_ops`` (:func:`edgezoo.blocks.linear_attention.fp32_regions`), the
   ops of those kinds stay float.
 
@@ -48,6 +50,13 @@ _POLICY_OPS = {"ADD": "add", "SUB": "sub", "MUL": "mul", "DIV": "div", "BATCH_MA
                "EXP": "softplus", "LOG": "softplus"}
 
 
+#: ops kept float in every int8 file: the attention's softmax and its activation-by-activation matmuls (the
+#: XNNPACK quantizer ExecuTorch uses never quantises those either)
+_ALWAYS_FLOAT = ("SOFTMAX", "BATCH_MATMUL")
+#: element-wise ops between a softmax and the matmul producing its input, kept float with it
+_SOFTMAX_FEEDERS = ("ADD", "SUB", "MUL", "DIV")
+
+
 def module_path(tensor: str) -> tuple[str, list[str]]:
     """The module of ``job.model`` that made a tensor, and the class names along the way, from litert-torch's
     name: ``edgezoo.export.litert._Input/pkg.Net_model/pkg.Block_blocks/...;3`` -> ``("blocks", ["Net", "Block"])``.
@@ -75,17 +84,25 @@ def policy_tensors(content: bytes, model: torch.nn.Module) -> list[str]:
 
     regions = fp32_regions(model)
     ops, names = _graph(content)
-    keep = []
+    producer = {i: op for op in ops for i in op["outputs"]}
+    keep: dict[str, None] = {}
     for op in ops:
         for index in op["outputs"]:
             name = names.get(index, "")
             path, classes = module_path(name)
             kind = _POLICY_OPS.get(op["op_name"])
             inside = [r for r in regions if path == r or path.startswith(r + ".")]
-            if (op["op_name"] == "SOFTMAX" or any("LayerNorm" in c for c in classes)
+            if (op["op_name"] in _ALWAYS_FLOAT or any("LayerNorm" in c for c in classes)
                     or (kind and any(kind in regions[r] for r in inside))):
-                keep.append(name)
-    return keep
+                keep[name] = None
+        if op["op_name"] == "SOFTMAX":  # and the element-wise chain feeding it (bias, scale)
+            todo = list(op["inputs"])
+            while todo:
+                feeder = producer.get(todo.pop())
+                if feeder is not None and feeder["op_name"] in _SOFTMAX_FEEDERS:
+                    keep.update({names.get(i, ""): None for i in feeder["outputs"]})
+                    todo.extend(feeder["inputs"])
+    return list(keep)
 
 
 def _exact(names: list[str]) -> str:
@@ -145,8 +162,10 @@ def _run_all(content: bytes, inputs: list[np.ndarray]) -> np.ndarray:
 
 
 def _logit_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """Relative squared logit error ``sum((out - ref)^2) / sum(ref^2)`` (as the ONNX and ExecuTorch fallbacks)."""
-    return float(((out - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30))
+    """Relative squared logit error, as the ONNX and ExecuTorch fallbacks measure it."""
+    from edgezoo.export.pt2e_fallback import logit_error
+
+    return logit_error(torch.from_numpy(out).double(), torch.from_numpy(ref).double())
 
 
 def _tensors(content: bytes, inputs: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
@@ -187,7 +206,8 @@ def _rank(content: bytes, quantized: bytes, inputs: list[np.ndarray], exclude: s
     def error(name: str) -> float:
         if name not in ref or name not in got or len(ref[name]) != len(got[name]):
             return 0.0
-        a, b = np.concatenate([r.ravel() for r in ref[name]]), np.concatenate([g.ravel() for g in got[name]])
+        a = np.concatenate([r.ravel() for r in ref[name]]).astype(np.float64)
+        b = np.concatenate([g.ravel() for g in got[name]]).astype(np.float64)
         if a.shape != b.shape:
             return 0.0
         return float(((a - b) ** 2).mean() / max(float((a ** 2).mean()), 1e-30))

@@ -1,7 +1,7 @@
 """LiteRT export: ``.tflite`` files gated in ai-edge-litert's interpreter with XNNPACK and without it.
 
-Default suite: a CNN (NCHW) and a ViT (NHWC input) in fp32 at 32 px, the digits-trained CNN in full-integer
-int8, and the bad input (an op the converter has no lowering for, a missing package, options). ``-m slow``:
+Default suite: the digits-trained CNN in fp32 and in full-integer int8 (one conversion for both), a ViT with
+NHWC input in fp32 at 32 px, and the bad input (an op the converter has no lowering for, a missing package, options). ``-m slow``:
 the smallest model of every family in fp32, fp16 weights and dynamic-range int8, and the dynamic batch.
 """
 
@@ -63,23 +63,6 @@ def test_registered_and_listed(capsys) -> None:
     assert "litert" in out and "--option layout=" in out and "--option int8_mode=" in out
 
 
-def test_cnn_fp32_both_kernel_sets_and_metadata(tmp_path: Path) -> None:
-    model = _model("ez_resnet18_eca", num_classes=10)
-    result = export(model, "litert", tmp_path, img_size=SIZE, classes=[str(i) for i in range(10)])
-    _verified(result, tmp_path)
-    _fp32_gate(result)
-    assert Path(result.path).name == "ez_resnet18_eca.tflite"
-    embedded = read_metadata(result.path)
-    side = json.loads(Path(result.path + ".json").read_text())
-    for meta in (embedded, side):
-        assert meta["format"] == "litert" and meta["precision"] == "fp32" and meta["layout"] == "NCHW"
-        assert meta["input_size"] == [3, SIZE, SIZE] and meta["classes"] == [str(i) for i in range(10)]
-        assert meta["input_name"] == "input" and meta["output_name"] == "output_0"
-    assert result.notes["ops"].get("CONV_2D", 0) > 10
-    model.eval()
-    _same_logits(result.path, model, SIZE)
-
-
 def test_vit_fp32_nhwc_input(tmp_path: Path) -> None:
     """A camera pipeline's NHWC frame goes in as it is; the file's input shape says so."""
     from edgezoo.export.litert import interpreter
@@ -95,22 +78,35 @@ def test_vit_fp32_nhwc_input(tmp_path: Path) -> None:
     _same_logits(result.path, model, SIZE)
 
 
-def test_int8_full_integer_trained_cnn(digits_checkpoint, tmp_path: Path) -> None:
-    """Full integer, calibrated on digits: agrees with fp32 on held-out digits, with XNNPACK and without."""
-    trained = digits_checkpoint("cnn")
-    result = export(trained["checkpoint"], "litert", tmp_path, int8=True, calib="digits")
-    _verified(result, tmp_path)
-    assert Path(result.path).name == f"{trained['model']}_int8.tflite"
-    for figures in (result.parity, result.parity["without_xnnpack"]):
-        assert figures["images"] >= 200 and figures["top1_agreement"] >= 0.99, figures
-    assert result.notes["int8_mode"] == "full" and "int8_fallback" in result.notes
-    meta = read_metadata(result.path)
-    assert meta["int8_mode"] == "full" and meta["calibration"].startswith("digits")
-    content = Path(result.path).read_bytes()
+def test_trained_cnn_fp32_then_int8_full_integer(digits_checkpoint, tmp_path: Path) -> None:
+    """The digits-trained CNN: fp32 through both gates with its metadata, then full-integer int8 calibrated on
+    digits (from the same fp32 graph, converted once) agreeing with fp32 on held-out digits in both kernel sets."""
     from edgezoo.export.litert import interpreter
+    from edgezoo.export.source import resolve_source
 
-    assert interpreter(content).get_input_details()[0]["dtype"] == np.int8  # int8 in, int8 out
-    assert result.size_bytes < 0.35 * 4 * sum(p.numel() for p in timm.create_model(trained["model"]).parameters())
+    trained = digits_checkpoint("cnn")
+    classes = [str(i) for i in range(10)]
+    fp32 = export(trained["checkpoint"], "litert", tmp_path / "fp32")
+    _verified(fp32, tmp_path)
+    _fp32_gate(fp32)
+    assert Path(fp32.path).name == f"{trained['model']}.tflite" and fp32.notes["ops"].get("CONV_2D", 0) > 10
+    for meta in (read_metadata(fp32.path), json.loads(Path(fp32.path + ".json").read_text())):
+        assert meta["format"] == "litert" and meta["precision"] == "fp32" and meta["layout"] == "NCHW"
+        assert meta["input_size"] == [3, trained["img_size"], trained["img_size"]] and meta["classes"] == classes
+        assert meta["input_name"] == "input" and meta["output_name"] == "output_0"
+    model = resolve_source(trained["checkpoint"]).model.eval()
+    _same_logits(fp32.path, model, trained["img_size"])
+
+    int8 = export(trained["checkpoint"], "litert", tmp_path / "int8", int8=True, calib="digits")
+    _verified(int8, tmp_path)
+    assert int8.notes.get("graph_reused") and Path(int8.path).name == f"{trained['model']}_int8.tflite"
+    for figures in (int8.parity, int8.parity["without_xnnpack"]):
+        assert figures["images"] >= 200 and figures["top1_agreement"] >= 0.99, figures
+    assert int8.notes["int8_mode"] == "full" and "int8_fallback" in int8.notes
+    meta = read_metadata(int8.path)
+    assert meta["int8_mode"] == "full" and meta["calibration"].startswith("digits")
+    assert interpreter(Path(int8.path).read_bytes()).get_input_details()[0]["dtype"] == np.int8  # int8 in and out
+    assert int8.size_bytes < 0.3 * fp32.size_bytes
 
 
 class _Histogram(nn.Module):
