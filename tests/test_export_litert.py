@@ -1,8 +1,9 @@
 """LiteRT export: ``.tflite`` files gated in ai-edge-litert's interpreter with XNNPACK and without it.
 
 Default suite: the digits-trained CNN in fp32 and in full-integer int8 (one conversion for both), a ViT with
-NHWC input in fp32 at 32 px, and the bad input (an op the converter has no lowering for, a missing package, options). ``-m slow``:
-the smallest model of every family in fp32, fp16 weights and dynamic-range int8, and the dynamic batch.
+NHWC input in fp32 at 32 px, and the bad input (an op the converter has no lowering for, a missing package,
+options). ``-m slow``: the smallest model of every family in fp32, fp16 weights and dynamic-range int8, the
+digits-trained ViT in int8, the dynamic batch and the CLI's failure line.
 """
 
 from __future__ import annotations
