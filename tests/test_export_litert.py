@@ -183,7 +183,7 @@ def test_every_family_fp32(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fp16_weights_and_dynamic_range_int8(digits_checkpoint, tmp_path: Path) -> None:
-    trained = digits_checkpoint("vit")
+    trained = digits_checkpoint("cnn")
     half = export(trained["checkpoint"], "litert", tmp_path, half=True)
     _verified(half, tmp_path)
     for figures in (half.parity, half.parity["without_xnnpack"]):
