@@ -170,10 +170,14 @@ def _logit_error(out: np.ndarray, ref: np.ndarray) -> float:
 
 def _tensors(content: bytes, inputs: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
     """Every named float or int8 tensor of ``content`` on ``inputs`` (int8 dequantised), by name."""
+    import warnings
+
     from edgezoo.export.litert import interpreter
 
-    # builtin kernels: a delegate hides its intermediate tensors
-    interp = interpreter(content, 1, xnnpack=False, keep_tensors=True)
+    with warnings.catch_warnings():  # "intended for debugging": keeping every tensor is what the ranking needs
+        warnings.simplefilter("ignore", UserWarning)
+        # builtin kernels: a delegate hides its intermediate tensors
+        interp = interpreter(content, 1, xnnpack=False, keep_tensors=True)
     interp.allocate_tensors()
     details = [t for t in interp.get_tensor_details() if t["dtype"] in (np.float32, np.int8)]
     found: dict[str, list[np.ndarray]] = {}
