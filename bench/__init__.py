@@ -5,7 +5,8 @@
 
 Runtimes (one adapter module each; importing them registers them): ``torch`` and ``compile``
 (:mod:`.rt_torch`), ``ort``, ``ort-int8``, ``ort-cuda`` (:mod:`.rt_ort`), ``executorch``
-(:mod:`.rt_executorch`), ``openvino`` (:mod:`.rt_openvino`), ``tensorrt`` and ``coreml``
+(:mod:`.rt_executorch`), ``litert`` and ``litert-builtin`` (:mod:`.rt_litert`),
+``openvino`` (:mod:`.rt_openvino`), ``tensorrt`` and ``coreml``
 (:mod:`.rt_format`). Every artifact they time is made by :func:`edgezoo.export.export`.
 
 On a target reached over ssh or adb, :func:`edgezoo.bench.remote.bench_remote` (``edgezoo bench --remote``)
@@ -26,7 +27,7 @@ from edgezoo.bench.runtime import (
 )
 
 # Adapters: importing them registers them (their heavy imports happen inside their methods).
-from edgezoo.bench import rt_torch, rt_ort, rt_executorch, rt_openvino, rt_format  # noqa: F401  isort: skip
+from edgezoo.bench import rt_torch, rt_ort, rt_executorch, rt_litert, rt_openvino, rt_format  # noqa: F401  isort: skip
 
 __all__ = [
     "SCHEMA",

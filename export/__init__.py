@@ -5,7 +5,7 @@
     result.status            # "verified" (ran here and matched PyTorch), "converted" or "failed"
 
 Formats (one module each, registered on import): ``onnx`` (fp32 / fp16 / int8 QDQ),
-``coreml``, ``executorch``, ``tensorrt``. :func:`list_formats` lists them; adding a runtime is
+``coreml``, ``executorch``, ``tensorrt``, ``litert``. :func:`list_formats` lists them; adding a runtime is
 adding one module that subclasses :class:`Format` and decorates it with :func:`register_format`.
 """
 
@@ -22,7 +22,7 @@ from edgezoo.export.base import (
 )
 
 # Formats: importing them registers them (their heavy imports happen inside their methods).
-from edgezoo.export import onnx, coreml, executorch, tensorrt  # noqa: F401  isort: skip
+from edgezoo.export import onnx, coreml, executorch, tensorrt, litert  # noqa: F401  isort: skip
 
 __all__ = [
     "PRECISIONS",

@@ -250,7 +250,10 @@ def _gate(fmt: Format, job: ExportJob, artifact: Path, trained: bool) -> tuple[s
             figures["reason"] += (f"; PyTorch's own fp32 output is {noise:.1e} from float64 on these inputs: the "
                                   f"model is numerically unstable at this size, not the export (check its weights "
                                   f"and BatchNorm statistics at this resolution)")
-    figures.update(fmt.extra_parity(artifact, inputs, ref, out, job))
+    extra = fmt.extra_parity(artifact, inputs, ref, out, job)
+    if extra.get("passed") is False and figures["passed"]:  # a second half of the gate failed
+        figures.update(passed=False, reason=extra.get("reason", ""))
+    figures.update({k: v for k, v in extra.items() if k not in ("passed", "reason")})
     return ("verified" if figures["passed"] else "failed"), figures
 
 
@@ -311,7 +314,7 @@ def export(
     meta = metadata_for(src, fmt, prec, batch, dynamic)
     work = Path(tempfile.mkdtemp(prefix=f".{src.name}.{fmt.name}.", dir=out))
     job = ExportJob(model=src.model, name=src.name, input_size=src.input_size, batch=batch, dynamic=dynamic,
-                    precision=prec, options=opts, metadata=meta, work_dir=work, log=log)
+                    precision=prec, options=opts, metadata=meta, work_dir=work, log=log, trained=src.trained)
     result = ExportResult(model=src.name, format=fmt.name, precision=prec, status="failed",
                           options={"batch": batch, "dynamic": dynamic, "img_size": src.input_size[1], **opts},
                           metadata=meta)

@@ -86,6 +86,7 @@ class ExportJob:
     metadata: dict[str, Any]
     work_dir: Path
     calibration: Any = None  # edgezoo.data.calib.CalibrationSet when int8 needs it
+    trained: bool = True  # the weights are trained (int8 agreement is gated), not a fresh random init
     warnings: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # extra figures for the result (nodes left float...)
     log: Callable[[str], None] = lambda msg: None
@@ -168,7 +169,8 @@ class Format(ABC):
                      job: ExportJob) -> dict[str, Any]:
         """Figures beyond the gate's, e.g. from a second way of running the artifact; ``ref`` and
         ``out`` are PyTorch's and :meth:`run`'s logits for ``inputs``. Reported in
-        ``ExportResult.parity``, never gated. Default: none."""
+        ``ExportResult.parity``; a format whose gate has a second half (LiteRT: without its delegate too)
+        returns ``passed: False`` and a ``reason`` when that half fails. Default: none."""
         return {}
 
 

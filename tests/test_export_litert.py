@@ -1,0 +1,211 @@
+"""LiteRT export: ``.tflite`` files gated in ai-edge-litert's interpreter with XNNPACK and without it.
+
+Default suite: the digits-trained CNN in fp32 and in full-integer int8 (one conversion for both), a ViT with
+NHWC input in fp32 at 32 px, and the bad input (an op the converter has no lowering for, a missing package,
+options). ``-m slow``: the smallest model of every family in fp32, fp16 weights and dynamic-range int8, the
+digits-trained ViT in int8, the dynamic batch and the CLI's failure line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+
+from edgezoo.cli import main
+from edgezoo.export import export, get_format, list_formats
+from tests.util import calibrate_bn_
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+from edgezoo.export.litert import litert_runner, read_metadata
+
+SIZE = 32
+
+
+def _model(name: str, size: int = SIZE, **kwargs) -> nn.Module:
+    return calibrate_bn_(timm.create_model(name, **kwargs), size)
+
+
+def _verified(result, tmp_path: Path) -> None:
+    assert result.status == "verified", result.summary() + "\n" + result.notes.get("traceback", "")
+    assert Path(result.path).is_file() and Path(result.path).stat().st_size == result.size_bytes
+    assert not [p for p in tmp_path.rglob(".*") if p.is_dir()]  # no temporary folder left
+
+
+def _fp32_gate(result) -> None:
+    """The fp32 gate, with XNNPACK (the result's figures) and without it (``without_xnnpack``)."""
+    for figures in (result.parity, result.parity["without_xnnpack"]):
+        assert figures["passed"] and figures["max_rel_err"] <= 1e-4 and figures["top1_flips"] == 0, figures
+
+
+def _same_logits(path: str, model: nn.Module, size: int) -> None:
+    """The file, run by the public runner on new images, gives PyTorch's logits (both kernel sets)."""
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    for xnnpack in (True, False):
+        out = litert_runner(path, threads=1, xnnpack=xnnpack)(x.numpy())
+        assert out.shape == ref.shape and np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_registered_and_listed(capsys) -> None:
+    fmt = get_format("litert")
+    assert "litert" in list_formats() and fmt.missing() is None
+    assert (fmt.suffix, fmt.extra, fmt.precisions) == (".tflite", "litert", ("fp32", "fp16", "int8"))
+    assert main(["export", "--list-formats"]) == 0
+    out = capsys.readouterr().out
+    assert "litert" in out and "--option layout=" in out and "--option int8_mode=" in out
+
+
+def test_vit_fp32_nhwc_input(tmp_path: Path) -> None:
+    """A camera pipeline's NHWC frame goes in as it is; the file's input shape says so."""
+    from edgezoo.export.litert import interpreter
+
+    model = _model("ez_shvit_s1")
+    result = export(model, "litert", tmp_path, img_size=SIZE, layout="nhwc")
+    _verified(result, tmp_path)
+    _fp32_gate(result)
+    content = Path(result.path).read_bytes()
+    assert list(interpreter(content).get_input_details()[0]["shape"]) == [1, SIZE, SIZE, 3]
+    assert read_metadata(content)["layout"] == "NHWC"
+    model.eval()
+    _same_logits(result.path, model, SIZE)
+
+
+def test_trained_cnn_fp32_then_int8_full_integer(digits_checkpoint, tmp_path: Path) -> None:
+    """The digits-trained CNN: fp32 through both gates with its metadata, then full-integer int8 calibrated on
+    digits (from the same fp32 graph, converted once) agreeing with fp32 on held-out digits in both kernel sets."""
+    from edgezoo.export.litert import interpreter
+    from edgezoo.export.source import resolve_source
+
+    trained = digits_checkpoint("cnn")
+    classes = [str(i) for i in range(10)]
+    fp32 = export(trained["checkpoint"], "litert", tmp_path / "fp32")
+    _verified(fp32, tmp_path)
+    _fp32_gate(fp32)
+    assert Path(fp32.path).name == f"{trained['model']}.tflite" and fp32.notes["ops"].get("CONV_2D", 0) > 10
+    for meta in (read_metadata(fp32.path), json.loads(Path(fp32.path + ".json").read_text())):
+        assert meta["format"] == "litert" and meta["precision"] == "fp32" and meta["layout"] == "NCHW"
+        assert meta["input_size"] == [3, trained["img_size"], trained["img_size"]] and meta["classes"] == classes
+        assert meta["input_name"] == "input" and meta["output_name"] == "output_0"
+    model = resolve_source(trained["checkpoint"]).model.eval()
+    _same_logits(fp32.path, model, trained["img_size"])
+
+    int8 = export(trained["checkpoint"], "litert", tmp_path / "int8", int8=True, calib="digits")
+    _verified(int8, tmp_path)
+    assert int8.notes.get("graph_reused") and Path(int8.path).name == f"{trained['model']}_int8.tflite"
+    for figures in (int8.parity, int8.parity["without_xnnpack"]):
+        assert figures["images"] >= 200 and figures["top1_agreement"] >= 0.99, figures
+    assert int8.notes["int8_mode"] == "full" and "int8_fallback" in int8.notes
+    meta = read_metadata(int8.path)
+    assert meta["int8_mode"] == "full" and meta["calibration"].startswith("digits")
+    assert interpreter(Path(int8.path).read_bytes()).get_input_details()[0]["dtype"] == np.int8  # int8 in and out
+    assert int8.size_bytes < 0.3 * fp32.size_bytes
+
+
+class _Histogram(nn.Module):
+    """A conv, then an op litert-torch has no lowering for (``aten.histc``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.histc(self.conv(x), bins=10).unsqueeze(0)
+
+
+def test_op_the_converter_cannot_take_is_named_and_leaves_no_file(tmp_path: Path) -> None:
+    result = export(_Histogram().eval(), "litert", tmp_path / "out", model="hist", img_size=SIZE)
+    assert result.status == "failed" and result.path is None
+    assert "aten.histc" in result.error and "\n" not in result.error
+    assert not any((tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.slow  # a conversion attempt of a real model: make test's budget
+def test_cli_failure_is_one_summary_line(capsys, tmp_path: Path) -> None:
+    """The CLI reports a model the converter cannot take in its one summary line, exit 1, no file."""
+    ckpt = tmp_path / "bad.pth"
+    torch.save({"arch": "ez_shvit_s1", "model": timm.create_model("ez_shvit_s1").state_dict()}, ckpt)
+    code = main(["export", str(ckpt), "--format", "litert", "--option", "layout=nchw", "--option",
+                 "int8_mode=full", "--img-size", "32", "--out", str(tmp_path / "out"), "--quiet", "--dynamic"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "litert" in line]
+    assert code == 1 and len(lines) == 1 and "static --batch" in lines[0], out
+    assert not any((tmp_path / "out").rglob("*.tflite"))
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--option", "layout=nchwc"], "layout='nchwc'"),
+    (["--option", "int8_mode=weights"], "int8_mode='weights'"),
+    (["--int8", "--option", "int8_fallback=-1"], "int8_fallback"),
+])
+def test_bad_options_are_one_line_exit_2(argv, expected, capsys, tmp_path: Path) -> None:
+    code = main(["export", "ez_shvit_s1", "--format", "litert", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("edgezoo: error:")]
+    assert code == 2 and len(lines) == 1 and expected in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_package_names_the_extra(monkeypatch, capsys, tmp_path: Path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hide = "litert_torch"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == hide else real(name, *a))
+    code = main(["export", "ez_shvit_s1", "--format", "litert", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("edgezoo: error:")]
+    assert code == 2 and len(lines) == 1 and 'pip install "edgezoo[litert]"' in lines[0]
+
+
+# -- slow: every family, fp16, dynamic-range int8, dynamic batch -------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ez_mobilenetv2_eca", "ez_shvit_s1", "ez_efficientvit_m0", "ez_focalnet_edge_xs",
+                                  "ez_efficientvit_b0"])
+def test_every_family_fp32(name: str, tmp_path: Path) -> None:
+    from edgezoo.bench import smallest_per_family
+
+    assert name in smallest_per_family()  # the families' smallest models, as the latency note times them
+    result = export(_model(name, 64), "litert", tmp_path, img_size=64)
+    _verified(result, tmp_path)
+    _fp32_gate(result)
+
+
+@pytest.mark.slow
+def test_fp16_weights_and_dynamic_range_int8(digits_checkpoint, tmp_path: Path) -> None:
+    trained = digits_checkpoint("cnn")
+    half = export(trained["checkpoint"], "litert", tmp_path, half=True)
+    _verified(half, tmp_path)
+    for figures in (half.parity, half.parity["without_xnnpack"]):
+        assert figures["passed"] and figures["max_rel_err"] <= 2e-2, figures
+    fp32 = export(trained["checkpoint"], "litert", tmp_path / "fp32")
+    assert 0.45 < half.size_bytes / fp32.size_bytes < 0.6  # the weights are half the size
+    dyn = export(trained["checkpoint"], "litert", tmp_path, int8=True, int8_mode="dynamic")
+    _verified(dyn, tmp_path)
+    assert Path(dyn.path).name.endswith("_int8_dynamic.tflite") and read_metadata(dyn.path)["int8_mode"] == "dynamic"
+    assert dyn.parity["top1_agreement"] >= 0.95 and dyn.size_bytes < 0.4 * fp32.size_bytes
+
+
+@pytest.mark.slow
+def test_int8_full_integer_trained_vit(digits_checkpoint, tmp_path: Path) -> None:
+    trained = digits_checkpoint("vit")
+    result = export(trained["checkpoint"], "litert", tmp_path, int8=True, calib="digits")
+    _verified(result, tmp_path)
+    assert result.parity["top1_agreement"] >= 0.95 and result.notes["policy_float_tensors"] > 0
+
+
+@pytest.mark.slow
+def test_dynamic_batch_is_an_honest_failure(tmp_path: Path) -> None:
+    """litert-torch 0.10 cannot lower a symbolic batch through these models' reshapes: the export says so."""
+    result = export(_model("ez_resnet18_eca", num_classes=10), "litert", tmp_path, img_size=SIZE, dynamic=True)
+    assert result.status == "failed" and "static --batch" in result.error and not any(tmp_path.rglob("*.tflite"))
