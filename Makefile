@@ -82,7 +82,7 @@ bench-digits: $(STAMP)
 
 # Every model x format x precision through its gate (hours on 2 cores; a stopped run continues where it
 # stopped), then the docs' export table is regenerated from the JSON.
-MATRIX_FORMATS ?= onnx,coreml,executorch
+MATRIX_FORMATS ?= onnx,coreml,executorch,litert
 export-matrix: $(STAMP)
 	-$(BIN)/edgezoo export --all --format $(MATRIX_FORMATS) --out exported --json results/export-matrix.json
 	$(BIN)/python -m edgezoo.pipelines.tables export-matrix

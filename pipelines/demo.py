@@ -66,15 +66,16 @@ PLAN: dict[str, Entry] = {e.family: e for e in (
 IMG_SIZE = 32
 #: ``--quick``: one family, two epochs, the formats without ExecuTorch's lowering (about a minute by itself)
 QUICK = {"families": ["focal_modulation"], "epochs": 2, "formats": ["onnx", "onnx-int8", "coreml"]}
-DEFAULT_FORMATS = ["onnx", "onnx-int8", "coreml", "executorch", "tensorrt"]
+DEFAULT_FORMATS = ["onnx", "onnx-int8", "coreml", "executorch", "litert", "tensorrt"]
 #: runtime (``parse_runtimes`` syntax) -> the demo format whose file it runs (None: the PyTorch deploy form)
 RUNTIMES: dict[str, str | None] = {
     "torch": None, "ort": "onnx", "ort-int8": "onnx-int8", "executorch:fp32": "executorch",
     "executorch:int8": "executorch-int8", "openvino:fp32": "onnx", "openvino:int8": "onnx-int8",
-    "coreml:fp16": "coreml", "tensorrt:fp16": "tensorrt", "ort-cuda:fp32": "onnx",
+    "coreml:fp16": "coreml", "tensorrt:fp16": "tensorrt", "ort-cuda:fp32": "onnx", "litert:fp32": "litert",
 }
 #: rough CPU seconds of each export of ResNet-18-ECA and of an epoch: the longest chain starts first
-_COST = {"onnx": 5, "onnx-int8": 4, "coreml": 5, "executorch": 9, "executorch-int8": 60, "tensorrt": 30, "epoch": 12}
+_COST = {"onnx": 5, "onnx-int8": 4, "coreml": 5, "executorch": 9, "executorch-int8": 60, "litert": 12, "tensorrt": 30,
+         "epoch": 12}
 #: formats exported in one task, in this order: the later ones reuse the first one's ONNX graph (one
 #: exporter run per model and process, :func:`edgezoo.export.onnx.build_onnx`)
 _SHARED_GRAPH = ("onnx", "onnx-int8", "tensorrt")

@@ -21,7 +21,8 @@ __all__ = ["CHARTS", "headline", "machine_summary", "markdown", "write_report"]
 CHARTS = {"accuracy_latency": "accuracy_latency.png", "training_curves": "training_curves.png",
           "latency_runtimes": "latency_runtimes.png"}
 _FORMAT_NAMES = {"onnx": "ONNX fp32", "onnx-int8": "ONNX int8", "coreml": "CoreML fp16",
-                 "executorch": "ExecuTorch fp32", "executorch-int8": "ExecuTorch int8", "tensorrt": "TensorRT fp16"}
+                 "executorch": "ExecuTorch fp32", "executorch-int8": "ExecuTorch int8",
+                 "litert": "LiteRT fp32", "tensorrt": "TensorRT fp16"}
 _FAMILY_NAMES = {"cnn_attention": "CNN attention", "single_head_vit": "single-head ViT",
                  "cascaded_group": "cascaded group", "focal_modulation": "focal modulation", "linear_vit": "linear ViT"}
 

@@ -36,6 +36,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "coreml": ("coreml", "fp16"),
     "executorch": ("executorch", "fp32"),
     "executorch-int8": ("executorch", "int8"),
+    "litert": ("litert", "fp32"),
     "tensorrt": ("tensorrt", "fp16"),
 }
 

@@ -28,7 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
-RUNTIMES = "torch,ort,ort-int8,openvino,executorch"
+RUNTIMES = "torch,ort,ort-int8,openvino,executorch,litert"
 
 
 def main() -> int:

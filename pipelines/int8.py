@@ -32,7 +32,8 @@ ROWS = [
     ("ez_efficientvit_m0", 8, 48),
     ("ez_efficientvit_b0", 8, 48),
 ]
-CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {})]
+CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {}),
+         ("litert", {"int8_mode": "full"})]
 
 
 def train_stage(model: str, epochs: int, img_size: int, work: str) -> dict[str, Any]:
@@ -69,7 +70,9 @@ def cell_stage(fmt: str, options: dict[str, Any], out: str, inputs: dict[str, An
             "fp32_size": fp32_size, "seconds": round(res.seconds, 1), "error": res.error}
 
 
-def _fmt(c: dict[str, Any]) -> str:
+def _fmt(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "-"
     if c["status"] == "failed" and c["agreement"] is None:
         return f"failed: {c['error']}"
     text = ("failed gate: " if c["status"] == "failed" else "") + f"{c['agreement']:.1%}"
@@ -84,10 +87,13 @@ def _fmt(c: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
-    head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK"]
+    head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK", "LiteRT XNNPACK"]
+    width = len(head) - 1
+    rows = [{**r, "cells": [*r["cells"], *[None] * (width - len(r["cells"]))]} for r in rows]  # rows made before
+    # the LiteRT column have a "-" there
     lines = [markdown_table([[f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)",
                               *(_fmt(c) for c in r["cells"])] for r in rows], head)]
-    images = {c["images"] for r in rows for c in r["cells"] if c.get("images")}
+    images = {c["images"] for r in rows for c in r["cells"] if c and c.get("images")}
     lines.append("")
     lines.append(f"Top-1 agreement with fp32 on {', '.join(map(str, sorted(images)))} held-out digits (ONNX: "
                  f"reference QDQ semantics / onnxruntime's int8 kernels on this CPU); \"left float\": activations "
@@ -113,7 +119,7 @@ def main() -> int:
     trains = train_stages(chosen, args.work)
     stages = list(trains)
     for (name, _, _), train in zip(chosen, trains, strict=True):
-        stages += [Stage(f"{name}/{fmt}-{opts.get('int8_scheme', 'xnnpack')}", cell_stage, dict(
+        stages += [Stage(f"{name}/{fmt}-{opts.get('int8_scheme', opts.get('int8_mode', 'xnnpack'))}", cell_stage, dict(
             fmt=fmt, options=opts, out=str(args.work / "exported" / name)), needs=(train.name,), affinity=name)
             for fmt, opts in CELLS]
     done: dict[str, Any] = {}

@@ -115,7 +115,7 @@ TABLES: dict[str, Table] = {
     "int8": Table(DOCS / "export" / "int8.md", _int8),
     "kernels-gpu": Table(DOCS / "kernels.md", _kernels),
     **{f"options-{f}": Table(DOCS / "export" / f"{f}.md", _options(f))
-       for f in ("onnx", "coreml", "executorch", "tensorrt")},
+       for f in ("onnx", "coreml", "executorch", "tensorrt", "litert")},
     "demo": Table(ROOT / "README.md", _demo),
 }
 
