@@ -117,8 +117,6 @@ class FoldingBatchNorm2d(nn.BatchNorm2d):
     and the parameters keep the parent's names.
     """
 
-    _conv: nn.Conv2d
-
     @classmethod
     def following(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FoldingBatchNorm2d:
         """A copy of ``bn`` (state included) that folds into ``conv``."""

@@ -145,5 +145,6 @@ def test_create_optimizer_v2_with_layer_decay(name: str) -> None:
     loss = nn.functional.cross_entropy(model(_input(4)), torch.arange(4))
     loss.backward()
     opt.step()
-    changed = [n for n, p in model.named_parameters() if p.grad is not None and not torch.equal(p, before[n])]
-    assert torch.isfinite(loss) and len(changed) == sum(p.grad is not None for p in model.parameters())
+    # a residual branch that drop-path dropped for the whole batch has zero gradients: its norms keep their values
+    moved = [not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.grad is not None and p.grad.any()]
+    assert torch.isfinite(loss) and moved and all(moved)
