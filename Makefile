@@ -5,10 +5,11 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 JOBS    ?= 2
 # worksteal: an idle worker takes tests queued on the other, so the run does not end with one worker
-# grinding through a queue of slow export tests while the other waits (about 2 of 21 minutes, 2026-12-03)
+# grinding through a queue of slow export tests while the other waits (it saved about 2 of 21 minutes of a
+# make test on a 2-core AVX2-only EPYC, 2026-12-03)
 XDIST   := -n $(JOBS) --dist worksteal
 
-.PHONY: demo test test-all lint bench bench-runtimes bench-timm bench-curve bench-digits bench-table table export-matrix int8-table clean
+.PHONY: demo test test-all lint docs tables bench bench-runtimes bench-timm bench-curve bench-digits export-matrix int8-table clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,24 +23,35 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/edgezoo demo
 
+# the remote-benchmark tests start a real sshd on the loopback: install OpenSSH's server where it is missing
 test: $(STAMP)
+	scripts/ensure_sshd.sh
 	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 test-all: $(STAMP)
+	scripts/ensure_sshd.sh
 	$(BIN)/python -m pytest -q $(XDIST) tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The documentation site (MkDocs Material, API reference from docstrings) into site/
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# Every generated table of the docs and the README, from its JSON (tests/test_docs.py checks they match)
+tables: $(STAMP)
+	$(BIN)/python -m edgezoo.pipelines.tables
+
 # Latency on every runtime present here (edgezoo bench; absent runtimes are recorded as absent):
 # the smallest model of each family, the ratios against timm's same models, the cost curve
 # (latency against input size), each as results/bench/<fingerprint>[-timm|-sizes].json, then the
-# README's speed section is regenerated from them.
+# docs' runtime tables are regenerated from them.
 BENCH_OUT  ?= results/bench/
 BENCH_THREADS ?= 2
 BENCH_TIMM ?= ez_efficientvit_m0 ez_shvit_s1 ez_focalnet_tiny_srf ez_efficientvit_b0 ez_efficientvit_b1 \
 	ez_resnet18_cbam ez_resnet50_se
-bench: bench-runtimes bench-timm bench-curve bench-digits bench-table
+bench: bench-runtimes bench-timm bench-curve bench-digits tables
 
 BENCH_BATCH ?= 1,16
 bench-runtimes: $(STAMP)
@@ -64,27 +76,21 @@ DIGITS_PX ?= 128
 DIGITS_REPEAT ?= 5
 bench-digits: $(STAMP)
 	$(BIN)/pip install -q -e ".[openvino]"
-	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS) --repeat $(DIGITS_REPEAT)
-	-$(BIN)/python scripts/fastest_path.py --json $(BENCH_OUT) --threads $(BENCH_THREADS) --img-size $(DIGITS_PX) \
+	-$(BIN)/python -m edgezoo.pipelines.fastest_path --json $(BENCH_OUT) --threads $(BENCH_THREADS) --repeat $(DIGITS_REPEAT)
+	-$(BIN)/python -m edgezoo.pipelines.fastest_path --json $(BENCH_OUT) --threads $(BENCH_THREADS) --img-size $(DIGITS_PX) \
 		--repeat $(DIGITS_REPEAT)
 
-bench-table: $(STAMP)  # the model table's latency column reads the same reports
-	$(BIN)/python scripts/bench_table.py $(BENCH_OUT) --write README.md
-	$(BIN)/python scripts/model_table.py --write README.md
-
-table: $(STAMP)
-	$(BIN)/python scripts/model_table.py --write README.md
-
-# Every model x format x precision through its gate (long: about an hour on 2 cores), then the
-# README's export section is regenerated from the JSON.
+# Every model x format x precision through its gate (hours on 2 cores; a stopped run continues where it
+# stopped), then the docs' export table is regenerated from the JSON.
 MATRIX_FORMATS ?= onnx,coreml,executorch
 export-matrix: $(STAMP)
 	-$(BIN)/edgezoo export --all --format $(MATRIX_FORMATS) --out exported --json results/export-matrix.json
-	$(BIN)/python scripts/export_table.py results/export-matrix.json --write README.md
+	$(BIN)/python -m edgezoo.pipelines.tables export-matrix
 
-# Digits-trained models exported int8 (ONNX full / weighted, ExecuTorch): results/int8.json and the README table
+# Digits-trained models exported int8 (ONNX full / weighted, ExecuTorch): results/int8.json and its docs table
 int8-table: $(STAMP)
-	$(BIN)/python scripts/int8_table.py --json results/int8.json --write README.md
+	$(BIN)/python -m edgezoo.pipelines.int8 --json results/int8.json
+	$(BIN)/python -m edgezoo.pipelines.tables int8
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache exported
+	rm -rf $(VENV) build *.egg-info .pytest_cache exported site

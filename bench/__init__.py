@@ -7,6 +7,9 @@ Runtimes (one adapter module each; importing them registers them): ``torch`` and
 (:mod:`.rt_torch`), ``ort``, ``ort-int8``, ``ort-cuda`` (:mod:`.rt_ort`), ``executorch``
 (:mod:`.rt_executorch`), ``openvino`` (:mod:`.rt_openvino`), ``tensorrt`` and ``coreml``
 (:mod:`.rt_format`). Every artifact they time is made by :func:`edgezoo.export.export`.
+
+On a target reached over ssh or adb, :func:`edgezoo.bench.remote.bench_remote` (``edgezoo bench --remote``)
+times the same artifacts with the same protocol (:mod:`.remote_runner`, :mod:`.native`, :mod:`.targets`).
 """
 
 from edgezoo.bench.protocol import Protocol, Stats, measure, summarise

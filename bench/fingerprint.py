@@ -76,7 +76,7 @@ def _cpu_model(info: str) -> str:
 
             key = winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0")
             return str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).strip()
-        except OSError:
+        except (ImportError, OSError):
             pass
     return platform.processor() or platform.machine()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgezoo.bench.passes import ratio
+from edgezoo.tables import markdown_table
 
 __all__ = ["fastest", "markdown"]
 
@@ -51,10 +52,10 @@ def _runtime_table(report: dict[str, Any]) -> list[str]:
     models = list(dict.fromkeys(r["model"] for r in recs))
     best = fastest(report)
     big = max((r["batch"] for r in _ok(report)), default=1)
-    tput_col = f" img/s at batch {big} (best) |" if big > 1 else ""  # batch 1 only: its img/s is 1000 / p50
-    lines = ["| model (MMACs, px) | " + " | ".join(f"`{c}`" for c in cols if c not in absent) +
-             f" | fastest vs ort fp32 |{tput_col}",
-             "|---|" + "---|" * (len([c for c in cols if c not in absent]) + 1 + (big > 1))]
+    # batch 1 only: no throughput column (its img/s is 1000 / p50)
+    header = ["model (MMACs, px)", *(f"`{c}`" for c in cols if c not in absent), "fastest vs ort fp32",
+              *([f"img/s at batch {big} (best)"] if big > 1 else [])]
+    rows = []
     for m in models:
         cells = {_column(r): r for r in recs if r["model"] == m}
         failed = {_column(r) for r in report["records"] if r["model"] == m and r["status"] == "failed"}
@@ -76,9 +77,9 @@ def _runtime_table(report: dict[str, Any]) -> list[str]:
             top = max((r for r in _ok(report) if r["model"] == m and r["batch"] == big),
                       key=lambda r: r["throughput_ips"], default=None)
             row.append(f"{top['throughput_ips']:.0f} (`{_column(top)}`)" if top else "")
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
     notes = [f"`{c}`: {why}" for c, why in absent.items()]
-    lines.append("")
+    lines = [markdown_table(rows, header), ""]
     lines.append(f"Batch-1 p50 latency in ms (fastest CPU path in bold; top-1 agreement with PyTorch in brackets "
                  f"where measured: a path below {FAITHFUL:.0%} is never the fastest)."
                  + (f" Absent here: {'; '.join(notes)}." if notes else ""))
@@ -89,16 +90,18 @@ def _timm_table(report: dict[str, Any]) -> list[str]:
     recs = [r for r in _ok(report) if r.get("compare", {}).get("ratio_p50") is not None]
     if not recs:
         return []
-    lines = ["| model | timm model | runtime | edgezoo p50 ms | timm p50 ms | ratio (p50) | ratio (min) | "
-             "edgezoo GFLOP/s (p50) |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in recs:
         c = r["compare"]
         rate = 2 * r["macs"] * r["batch"] / r["latency_ms"]["p50"] / 1e6 if r.get("macs") else None
-        lines.append(f"| `{r['model']}` | `{c['timm_model']}` | `{_column(r)}` b{r['batch']} | "
-                     f"{r['latency_ms']['p50']:.2f} | {c['timm_latency_ms']['p50']:.2f} | "
-                     f"{c['ratio_p50']:.3f}{_range(c)} | {c['ratio_min']:.3f} | {f'{rate:.0f}' if rate else ''} |")
-    lines += ["", "Same weights (timm's mapped into edgezoo's model, outputs checked equal), same exporter and "
-                  "runtime, runs interleaved; below 1.0 edgezoo is faster. edgezoo in its deploy form "
+        rows.append([f"`{r['model']}`", f"`{c['timm_model']}`", f"`{_column(r)}` b{r['batch']}",
+                     f"{r['latency_ms']['p50']:.2f}", f"{c['timm_latency_ms']['p50']:.2f}",
+                     f"{c['ratio_p50']:.3f}{_range(c)}", f"{c['ratio_min']:.3f}", f"{rate:.0f}" if rate else ""])
+    head = ["model", "timm model", "runtime", "edgezoo p50 ms", "timm p50 ms", "ratio (p50)", "ratio (min)",
+            "edgezoo GFLOP/s (p50)"]
+    lines = [markdown_table(rows, head), "",
+             "Same weights (timm's mapped into edgezoo's model, outputs checked equal), same exporter and "
+             "runtime, runs interleaved; below 1.0 edgezoo is faster. edgezoo in its deploy form "
                   "(`edgezoo.fuse`), timm as timm ships it (eval). GFLOP/s: 2 x MACs / p50, how much of this "
                   "CPU's arithmetic a model uses (the ResNets' large convolutions show what the runtime reaches)."]
     return lines
@@ -116,15 +119,15 @@ def _curve_table(report: dict[str, Any], png: str | None) -> list[str]:
     if not slopes:
         return []
     sizes = sorted({r["img_size"] for r in _ok(report)})
-    lines = ["| model | runtime | " + " | ".join(f"{s} px" for s in sizes) + " | latency ~ pixels^b |",
-             "|---|---|" + "---|" * (len(sizes) + 1)]
+    rows = []
     for key, b in slopes.items():
         model, rt, prec = key.split(" ")
         by = {r["img_size"]: r["latency_ms"]["p50"] for r in _ok(report)
               if (r["model"], r["runtime"], r["precision"], r["batch"]) == (model, rt, prec, 1)}
         cells = [f"{by[s]:.1f}" if s in by else "" for s in sizes]
-        lines.append(f"| `{model}` | `{rt} {prec}` | " + " | ".join(cells) + f" | {b:.2f} |")
-    lines += ["", "Batch-1 p50 ms against input size; b is the fitted log-log slope (1.0: linear in pixels)."]
+        rows.append([f"`{model}`", f"`{rt} {prec}`", *cells, f"{b:.2f}"])
+    lines = [markdown_table(rows, ["model", "runtime", *(f"{s} px" for s in sizes), "latency ~ pixels^b"]), "",
+             "Batch-1 p50 ms against input size; b is the fitted log-log slope (1.0: linear in pixels)."]
     if png:
         lines += ["", f"![latency against input size]({png})"]
     return lines

@@ -69,7 +69,9 @@ def _plt() -> Any:
 
 
 def _ok(report: dict[str, Any], batch: int | None = 1) -> list[dict[str, Any]]:
-    return [r for r in report["records"] if r["status"] == "ok" and (batch is None or r["batch"] == batch)]
+    """Timed records with a p50 (a native tool that prints only a mean has none) at ``batch``."""
+    return [r for r in report["records"] if r["status"] == "ok" and "p50" in r["latency_ms"]
+            and (batch is None or r["batch"] == batch)]
 
 
 def _finish(plt: Any, fig: Any, ax: Any, report: dict[str, Any], title: str, ylabel: str,
@@ -98,11 +100,12 @@ def pareto_png(report: dict[str, Any], path: str | os.PathLike, accuracy: dict[s
     """Draw the batch-1 latency/MACs (or latency/accuracy) chart of ``report`` at ``path``."""
     plt = _plt()
     recs = _ok(report)
-    if accuracy is not None:
-        recs = [r for r in recs if r["model"] in accuracy]
+    # an artifact file timed as it is (edgezoo bench FILE --remote) has no MACs count
+    recs = [r for r in recs if (r["model"] in accuracy if accuracy is not None else r.get("macs"))]
     if not recs:
         raise InvalidArgumentError("nothing to plot: no batch-1 record timed" +
-                                   (" for a model in the accuracy file" if accuracy is not None else ""))
+                                   (" for a model in the accuracy file" if accuracy is not None else
+                                    " with a MACs count (models, not artifact files)"))
     fig, ax = plt.subplots(figsize=(7.5, 5))
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in recs:

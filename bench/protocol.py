@@ -11,7 +11,8 @@ another runtime ran (the untimed call pays for that, and the N timed calls are t
 steady state); two files on one runtime interleave call by call (``block=1``).
 
 Timing uses :func:`time.perf_counter_ns` around each call; the statistics are the median
-(p50), the 90th percentile (p90, linear interpolation), the minimum and the mean of the timed runs.
+(p50), the 90th and 99th percentiles (p90, p99, linear interpolation), the minimum, the mean and the
+standard deviation (population) of the timed runs.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class Stats:
     mean_ms: float
     runs: int
     seconds: float  # wall time of this callable's timed calls, summed
+    p99_ms: float
+    std_ms: float
 
     def to_dict(self) -> dict[str, float]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -87,9 +90,9 @@ def summarise(times_s: list[float] | np.ndarray) -> Stats:
     t = np.asarray(times_s, dtype=np.float64) * 1e3
     if t.size == 0:
         raise ValueError("no timed runs")
-    p50, p90 = np.percentile(t, [50, 90])
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
     return Stats(p50_ms=float(p50), p90_ms=float(p90), min_ms=float(t.min()), mean_ms=float(t.mean()),
-                 runs=int(t.size), seconds=float(t.sum() / 1e3))
+                 runs=int(t.size), seconds=float(t.sum() / 1e3), p99_ms=float(p99), std_ms=float(t.std()))
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -36,7 +36,7 @@ from edgezoo.bench.protocol import Protocol, Stats, measure
 from edgezoo.bench.runtime import Artifacts, BenchItem, Runner, Runtime
 from edgezoo.errors import InvalidArgumentError
 
-__all__ = ["INTERLEAVE_BLOCK", "SCHEMA", "bench", "check_threads", "smallest_per_family"]
+__all__ = ["INTERLEAVE_BLOCK", "SCHEMA", "bench", "check_threads", "latency_ms", "smallest_per_family"]
 
 SCHEMA = "edgezoo.bench/1"
 
@@ -142,10 +142,13 @@ def _record(item: BenchItem, rt: Runtime, precision: str, batch: int, fp_id: str
 
 
 def _timed(stats: Stats, batch: int, memory: float | None) -> dict[str, Any]:
-    return {"status": "ok", "latency_ms": {"p50": round(stats.p50_ms, 4), "p90": round(stats.p90_ms, 4),
-                                           "min": round(stats.min_ms, 4), "mean": round(stats.mean_ms, 4)},
-            "runs": stats.runs, "seconds": round(stats.seconds, 3),
+    return {"status": "ok", "latency_ms": latency_ms(stats), "runs": stats.runs, "seconds": round(stats.seconds, 3),
             "throughput_ips": round(batch * 1e3 / stats.p50_ms, 2), "peak_memory_mb": memory}
+
+
+def latency_ms(stats: Stats) -> dict[str, float]:
+    """A record's ``latency_ms``: p50, p90, p99, min, mean and std of :class:`Stats` (ms, 4 decimals)."""
+    return {k: round(getattr(stats, f"{k}_ms"), 4) for k in ("p50", "p90", "p99", "min", "mean", "std")}
 
 
 Entry = tuple[BenchItem, Runtime, str]  # (item, runtime, precision): one record

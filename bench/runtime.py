@@ -8,8 +8,7 @@ convert anything themselves: :class:`Artifacts` makes every file with :func:`edg
 (the same exporters, options and parity gates as ``edgezoo export``), once per format, precision
 and batch.
 
-Why under ``export/``: the adapters consume the exporters' artifacts and their runtimes are the
-exporters' gates' runtimes; a benchmark is the last step of the export pipeline.
+``edgezoo.bench`` sits above ``edgezoo.export`` (it times what export made) and below the pipelines.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgezoo.cli.args import non_negative_int, positive_float, positive_int
+
 __all__ = ["add_parsers", "cmd_bench"]
 
 
@@ -89,6 +91,65 @@ def _merge_base(args: argparse.Namespace, suffix: str, threads: int) -> dict | N
     return old
 
 
+def _runners(specs: list[str] | None) -> dict[str, str]:
+    from edgezoo.errors import InvalidArgumentError
+
+    out = {}
+    for spec in specs or []:
+        tool, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise InvalidArgumentError(f"--runner takes TOOL=PATH (e.g. --runner trtexec=target:/usr/src/tensorrt/bin/"
+                                       f"trtexec), got {spec!r}")
+        out[tool] = path
+    return out
+
+
+def _remote(args: argparse.Namespace, runtimes: list, batches: list[int], sizes: list, protocol, log) -> int:
+    """``--remote SPEC``: the same report, measured on the target (:func:`edgezoo.bench.remote.bench_remote`)."""
+    from edgezoo.bench.remote import bench_remote
+    from edgezoo.bench.report import output_path, save_report, table
+    from edgezoo.errors import InvalidArgumentError
+
+    for flag, used in (("--compare-timm", args.compare_timm), ("--op-profile", args.op_profile),
+                       ("--merge", args.merge), ("--repeat", args.repeat > 1)):
+        if used:
+            raise InvalidArgumentError(f"{flag} runs on this machine only: drop it with --remote")
+
+    def save_so_far(partial: dict) -> None:
+        if args.json:  # each record as it lands: a connection lost mid-run keeps the finished ones
+            save_report(partial, output_path(args.json, partial, "-remote"))
+
+    report = bench_remote(_sources(args), runtimes, args.remote, targets_file=args.targets, batches=batches,
+                          threads=args.threads, img_sizes=sizes, protocol=protocol, agree=args.agree,
+                          calib=args.calib, work_dir=args.work, model=args.model, runners=_runners(args.runner),
+                          plugins=args.plugins, interleave_runtimes=args.interleave_runtimes,
+                          log=log if args.verbose else (lambda m: None), on_progress=save_so_far)
+    print(f"target: {report['target']}")
+    print(table(report))
+    if args.json:
+        print(f"JSON: {save_report(report, output_path(args.json, report, '-remote'))}")
+    if args.plot:
+        from edgezoo.bench.plot import pareto_png, read_accuracy
+
+        accuracy = read_accuracy(args.accuracy) if args.accuracy else None
+        print(f"Pareto chart: {pareto_png(report, args.plot, accuracy)}")
+    return 1 if any(r["status"] == "failed" for r in report["records"]) else 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output the run will write can be written, checked before the first timing (a folder argument
+    is the folder itself; a file argument, its parent)."""
+    from pathlib import Path
+
+    from edgezoo.paths import writable_dir
+
+    for flag in ("json", "plot", "curve"):
+        target = getattr(args, flag, None)
+        if target:
+            folder = Path(target) if Path(target).is_dir() or str(target).endswith("/") else Path(target).parent
+            writable_dir(folder, f"--{flag}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgezoo.bench import Protocol, bench, parse_runtimes
     from edgezoo.bench.plot import read_accuracy
@@ -99,9 +160,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.list_runtimes:
         return _list_runtimes()
-    runtimes = parse_runtimes(args.runtime)
+    runtimes = parse_runtimes(args.runtime or ("ort" if args.remote else "torch,ort"))
     batches = _ints(args.batch, "--batch")
     threads = check_threads(args.threads)
+    _check_outputs(args)
     if args.img_size is not None and args.sizes:
         raise InvalidArgumentError("choose one of --img-size S and --sizes S1,S2,...")
     sizes = _ints(args.sizes, "--sizes") if args.sizes else [args.img_size]
@@ -119,6 +181,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     suffix = "-timm" if args.compare_timm else "-sizes" if args.sizes else ""
 
+    if args.remote:
+        return _remote(args, runtimes, batches, sizes, protocol, log)
     base = _merge_base(args, suffix, threads)
 
     def merged(partial: dict) -> dict:
@@ -148,21 +212,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "protocol: warm-up, then timed runs until --runs runs or --seconds seconds; p50/p90/min latency, "
                     "throughput, peak memory and the device fingerprint. Runtimes missing here are reported absent.",
     )
-    p.add_argument("models", nargs="*", metavar="MODEL|CHECKPOINT", help="model names or checkpoints")
+    p.add_argument("models", nargs="*", metavar="MODEL|CHECKPOINT|ARTIFACT",
+                   help="model names or checkpoints (with --remote also .onnx/.pte/.tflite files)")
     p.add_argument("--model", help="the model a checkpoint holds, if it does not record it")
     p.add_argument("--smallest", action="store_true", help="add the smallest model (MACs) of each family")
-    p.add_argument("--runtime", "-r", default="torch,ort",
+    p.add_argument("--runtime", "-r",
                    help="comma-separated runtimes, optionally RUNTIME:PRECISION (e.g. openvino:bf16), or all "
-                        "(see --list-runtimes; default torch,ort)")
+                        "(see --list-runtimes; default torch,ort; with --remote: ort)")
     p.add_argument("--batch", "-b", default="1", help="comma-separated batch sizes, e.g. 1,32 (default 1)")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the usable cores)")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: the usable cores)")
+    p.add_argument("--img-size", type=positive_int,
+                   help="input resolution (default: the checkpoint's, else the model's)")
     p.add_argument("--sizes", help="several input resolutions, e.g. 128,256,384,512, timed interleaved (a cost "
                                    "curve: see --curve)")
-    p.add_argument("--runs", type=int, default=100, help="timed runs per record (default 100)")
-    p.add_argument("--seconds", type=float, default=10.0, help="at most this long timing one record (default 10)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    p.add_argument("--repeat", type=int, default=1, metavar="R",
+    p.add_argument("--runs", type=positive_int, default=100, help="timed runs per record (default 100)")
+    p.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="at most this long timing one record (default 10)")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="R",
                    help="run the whole benchmark R times, every runtime loaded again each time; a record's latency "
                         "is the median of its passes and a ratio the median of the per-pass ratios, with its range "
                         "(default 1; on a shared machine a single run's ratio is one draw)")
@@ -171,10 +238,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interleave-runtimes", action="store_true",
                    help="time all the runtimes of a model together, in turns of --block calls, so their ratios come "
                         "from one stretch of time (on a shared machine, the only comparable figures)")
-    p.add_argument("--block", type=int, default=1,
+    p.add_argument("--block", type=positive_int, default=1,
                    help="timed calls per turn when interleaving, after one untimed call when > 1 (default 1; "
                         "--interleave-runtimes makes it 10)")
-    p.add_argument("--agree", type=int, default=0, metavar="N",
+    p.add_argument("--agree", type=non_negative_int, default=0, metavar="N",
                    help="top-1 agreement with PyTorch on N held-out --calib images, batch-1 records (default 0: off)")
     p.add_argument("--calib", default="digits", help="int8 calibration and --agree images: digits or a folder")
     p.add_argument("--json", help="write the report here (a folder: <folder>/<fingerprint>[-timm|-sizes].json)")
@@ -189,6 +256,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="ort / ort-int8: onnxruntime's profiler per op type (with --compare-timm, timm's beside)")
     p.add_argument("--work", help="keep the exported artifacts in this folder and reuse them in later runs with "
                                    "the same model and settings (default: a temporary folder)")
+    p.add_argument("--remote", metavar="SPEC",
+                   help="time on a target: ssh://[user@]host[:port], adb[://serial], or a target name from --targets "
+                        "(models are exported here, the artifacts and a runner copied there; see docs/bench/remote.md)")
+    p.add_argument("--targets", metavar="FILE",
+                   help="targets file (YAML; default $EDGEZOO_TARGETS or ~/.config/edgezoo/targets.yaml)")
+    p.add_argument("--runner", action="append", metavar="TOOL=PATH",
+                   help="with --remote: a native runner (onnxruntime_perf_test, executor_runner, benchmark_model, "
+                        "trtexec) at a host PATH (pushed) or target:PATH; repeatable")
+    p.add_argument("--plugins", metavar="LIB.so", help="with --remote and tensorrt: a TensorRT plugin library to ship "
+                                                        "and load in trtexec")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="print the exporters' progress lines")
     p.add_argument("--list-runtimes", action="store_true", help="list runtimes, precisions and what is available")

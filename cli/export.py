@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgezoo.cli.args import non_negative_int, positive_int
+
 __all__ = ["add_parsers", "cmd_export"]
 
 
@@ -71,15 +73,17 @@ def _matrix(args: argparse.Namespace, formats: list[Any], options: dict[str, Any
     path = Path(args.json) if args.json else out / "export-matrix.json"
     matrix = run_matrix(models, [f.name for f in formats], out, precisions=precisions, img_size=args.img_size,
                         log=lambda m: print(m, flush=True), json_path=path, batch=args.batch or 1,
-                        calib=args.calib, calib_size=args.calib_size, **options)
+                        calib=args.calib, calib_size=args.calib_size, jobs=args.jobs, progress=not args.quiet,
+                        **options)
     print(print_table(matrix))
-    print(f"matrix JSON: {path} (README section: python scripts/export_table.py {path} --write README.md)")
+    print(f"matrix JSON: {path} (the docs' table: make tables; run again to continue a stopped matrix)")
     return 0 if all(r["status"] != "failed" for r in matrix["results"]) else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from edgezoo.errors import InvalidArgumentError
     from edgezoo.export import export, get_format, prepare
+    from edgezoo.paths import writable_dir
 
     if args.list_formats:
         return _list_formats()
@@ -105,6 +109,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("name a model or a checkpoint to export (or pass --all for the whole matrix)")
     if args.batch is not None and args.dynamic:
         raise InvalidArgumentError("choose one of --batch N (static) and --dynamic")
+    writable_dir(args.out, "--out")
+    if args.json:
+        writable_dir(Path(args.json).parent, "--json")
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     src = prepare(args.source, args.model, args.img_size, args.ema)
     results = []
@@ -131,13 +138,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", "-f", default="onnx", help="comma-separated formats (see --list-formats)")
     p.add_argument("--out", "-o", default="exported", help="output folder (default: exported/)")
     p.add_argument("--model", help="the model a checkpoint holds, if it does not record it")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the checkpoint's, else the model's)")
-    p.add_argument("--batch", type=int, help="static batch size (default 1)")
+    p.add_argument("--img-size", type=positive_int,
+                   help="input resolution (default: the checkpoint's, else the model's)")
+    p.add_argument("--batch", type=positive_int, help="static batch size (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch (and height/width where the model allows)")
     p.add_argument("--half", action="store_true", help="fp16 (ops the blocks declare fp32 stay fp32)")
     p.add_argument("--int8", action="store_true", help="int8, calibrated with --calib")
     p.add_argument("--calib", default="digits", help="int8 calibration data: digits or a folder of images")
-    p.add_argument("--calib-size", type=int, default=64, help="calibration images (default 64)")
+    p.add_argument("--calib-size", type=positive_int, default=64, help="calibration images (default 64)")
     p.add_argument("--opset", type=int, help="ONNX opset (onnx, tensorrt; default 18)")
     p.add_argument("--target", help="CoreML minimum deployment target, e.g. iOS16 (default)")
     p.add_argument("--image-input", action="store_true", help="CoreML: image input with mean/std folded in")
@@ -150,5 +158,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="the model x format x precision matrix of every model")
     p.add_argument("--models", help="with --all: only models matching these comma-separated substrings or globs")
     p.add_argument("--precisions", help="with --all: only these precisions, e.g. fp32,int8")
+    p.add_argument("--jobs", type=non_negative_int,
+                   help="with --all: worker processes (default: the cores; 0: in this process)")
     p.add_argument("--list-formats", action="store_true", help="list formats, their options and what is installed")
     p.set_defaults(func=cmd_export)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from edgezoo.cli import bench, export, sweep, train
+from edgezoo.cli.args import Parser, non_negative_int, positive_int
 from edgezoo.errors import EdgezooError
 from edgezoo.tables import format_count, text_table
 
@@ -103,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgezoo", description="Efficient vision models for edge targets.")
+    parser = Parser(prog="edgezoo", description="Efficient vision models for edge targets.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -126,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="one family, two epochs, no ExecuTorch: about a minute")
     p.add_argument("--resume", action="store_true", help="reuse finished training runs (and exports) in OUT")
     p.add_argument("--families", help="comma-separated families (default: all five; see edgezoo info MODEL)")
-    p.add_argument("--epochs", type=int, help="epochs for every model (default: each family's schedule)")
-    p.add_argument("--img-size", type=int, default=32, help="input size in pixels (default 32)")
+    p.add_argument("--epochs", type=positive_int, help="epochs for every model (default: each family's schedule)")
+    p.add_argument("--img-size", type=positive_int, default=32, help="input size in pixels (default 32)")
     p.add_argument("--formats", help="comma-separated: onnx, onnx-int8, coreml, executorch, executorch-int8, "
                                      "tensorrt (default all but executorch-int8; empty: none)")
-    p.add_argument("--jobs", type=int, help="worker processes side by side (default: the cores; 0: in this process)")
+    p.add_argument("--jobs", type=non_negative_int,
+                   help="worker processes side by side (default: the cores; 0: in this process)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe override, as edgezoo train --set")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
@@ -147,12 +149,23 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.command_line = " ".join(["edgezoo", *(sys.argv[1:] if argv is None else argv)])  # what a report records
+    """Run one command: the error boundary of every ``edgezoo`` command.
+
+    Bad input (an :class:`~edgezoo.errors.EdgezooError`, from argument parsing or deeper) and a file the
+    system refuses (an ``OSError`` naming a file) print one line, ``edgezoo: error: ...``, and return 2.
+    """
     try:
+        args = build_parser().parse_args(argv)
+        args.command_line = " ".join(["edgezoo", *(sys.argv[1:] if argv is None else argv)])  # what reports record
         return int(args.func(args) or 0)
     except EdgezooError as err:
         print(f"edgezoo: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.filename is None:
+            raise
+        print(f"edgezoo: error: {err.filename}: {err.strerror or err}: check the path, its permissions and the "
+              f"free space", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgezoo: interrupted", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgezoo.cli.args import positive_int
+
 __all__ = ["add_parsers", "cmd_sweep"]
 
 
@@ -13,8 +15,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from edgezoo.errors import InvalidArgumentError
-    from edgezoo.pipelines.sweep import CURVE_SIZES, cost_curve, sweep, write_sweep
+    from edgezoo.pipelines.sweep import sweep, write_sweep
 
     mixers = _csv(args.mixers)
     out = args.output or f"runs/sweep-{args.size}-{Path(args.data).name or 'data'}"
@@ -23,15 +24,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         write_sweep(Path(out), mixers or list(MIXERS), args.size, args.data, {}, args.runtime or "", args.bench_size)
         return 0
-    if not args.curve_only:
-        sweep(args.size, mixers, args.data, out, args.epochs, args.img_size, args.batch_size, args.set,
-              args.runtime, args.threads, args.nproc, args.bench_size)
-    if args.curve or args.curve_only:
-        try:
-            sizes = tuple(int(s) for s in _csv(args.curve_sizes) or CURVE_SIZES)
-        except ValueError:
-            raise InvalidArgumentError(f"--curve-sizes takes integers (128,256), got {args.curve_sizes!r}") from None
-        cost_curve(args.size, mixers, sizes, Path(out), args.threads)
+    sweep(args.size, mixers, args.data, out, args.epochs, args.img_size, args.batch_size, args.set, args.runtime,
+          args.threads, args.nproc, args.bench_size, progress=not args.quiet)
     return 0
 
 
@@ -45,16 +39,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixers", help="comma-separated mixers (default: all)")
     p.add_argument("--data", default="digits", help="'digits' (built in) or an ImageFolder root with train/ and val/")
     p.add_argument("--output", help="sweep folder (default runs/sweep-<size>-<data>)")
-    p.add_argument("--epochs", type=int, help="sched.epochs (default: the recipe's)")
-    p.add_argument("--img-size", type=int, help="training and benchmark input size (default 64 on digits)")
-    p.add_argument("--batch-size", type=int, help="data.batch_size per process")
+    p.add_argument("--epochs", type=positive_int, help="sched.epochs (default: the recipe's)")
+    p.add_argument("--img-size", type=positive_int, help="training and benchmark input size (default 64 on digits)")
+    p.add_argument("--batch-size", type=positive_int, help="data.batch_size per process")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe override for every mixer")
     p.add_argument("--runtime", help="runtimes to time (default: every one present here but compile)")
-    p.add_argument("--threads", type=int, help="benchmark threads (default: all cores)")
-    p.add_argument("--bench-size", type=int, default=224, help="benchmark input size (default 224, the models')")
-    p.add_argument("--nproc", type=int, help="processes per training (default: the GPU count; >1 uses torchrun)")
-    p.add_argument("--curve", action="store_true", help="also time every mixer on onnxruntime CPU at 128-1024 px")
-    p.add_argument("--curve-only", action="store_true", help="only the cost curve (no training)")
+    p.add_argument("--threads", type=positive_int, help="benchmark threads (default: all cores)")
+    p.add_argument("--bench-size", type=positive_int, default=224,
+                   help="benchmark input size (default 224, the models')")
+    p.add_argument("--nproc", type=positive_int,
+                   help="processes per training (default: the GPU count; >1 uses torchrun)")
     p.add_argument("--tables-only", action="store_true", help="rebuild the tables and charts from the mixers done")
-    p.add_argument("--curve-sizes", help="cost-curve input sizes (default 128,256,384,512,768,1024)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgezoo.cli.args import non_negative_int, positive_int
+
 __all__ = ["add_parsers", "cmd_train", "cmd_validate"]
 
 
@@ -59,9 +61,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name (edgezoo or timm); alone it picks the model's recipe")
     p.add_argument("--data", help="'digits' (built in), an ImageFolder root with train/ and val/, wds/SHARDS_DIR "
                                   "(WebDataset shards + _info.json) or hfds/NAME (a Hugging Face dataset)")
-    p.add_argument("--epochs", type=int, help="sched.epochs")
-    p.add_argument("--img-size", type=int, help="data.img_size")
-    p.add_argument("--batch-size", type=int, help="data.batch_size (per process)")
+    p.add_argument("--epochs", type=positive_int, help="sched.epochs")
+    p.add_argument("--img-size", type=positive_int, help="data.img_size")
+    p.add_argument("--batch-size", type=positive_int, help="data.batch_size (per process)")
     p.add_argument("--output", help="run.output (default runs/<model>-<data>)")
     p.add_argument("--resume", action="store_true",
                    help="continue OUTPUT/last.pth exactly (also mid-epoch); start afresh if OUTPUT has no checkpoint "
@@ -77,9 +79,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="'digits' or an ImageFolder root (its val/ is used)")
-    p.add_argument("--img-size", type=int, help="default: the checkpoint's, else the model's")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--img-size", type=positive_int, help="default: the checkpoint's, else the model's")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=non_negative_int, default=0)
     p.add_argument("--ema", action="store_true", help="validate the EMA weights")
     p.add_argument("--output", help="folder for confusion.png (default: the checkpoint's)")
     p.add_argument("--json", action="store_true")

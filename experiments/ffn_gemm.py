@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
 
+from edgezoo.bench import Protocol, measure
 from edgezoo.export.onnx import session_options
 
 STAGES = ((128, 14), (224, 7), (320, 4))  # SHViT-S1 at 224 px: channels, map side
@@ -69,19 +68,11 @@ def main() -> None:
                 "matmul": _session(FFNChain(dim, args.blocks, True), torch.rand(1, tokens, dim),
                                    Path(tmp) / "matmul.onnx", args.threads),
             }
-            times: dict[str, list[float]] = {name: [] for name in runs}
-            for _ in range(args.rounds):
-                for name, run in runs.items():
-                    run()
-                    calls = []
-                    for _ in range(10):
-                        start = time.perf_counter()
-                        run()
-                        calls.append(time.perf_counter() - start)
-                    times[name].append(float(np.median(calls)))
+            stats = measure(runs, Protocol(warmup=1, runs=args.rounds * 10, block=10, max_seconds=300))
+            times = {name: s.p50_ms / 1e3 for name, s in stats.items()}
             flops = args.blocks * 2 * 2 * tokens * dim * 2 * dim  # two GEMMs a block, 2 flops a MAC
-            report = ", ".join(f"{name} {np.median(t) * 1e6 / args.blocks:.1f} us/FFN "
-                               f"({flops / np.median(t) / 1e9:.0f} GFLOP/s)" for name, t in times.items())
+            report = ", ".join(f"{name} {t * 1e6 / args.blocks:.1f} us/FFN ({flops / t / 1e9:.0f} GFLOP/s)"
+                               for name, t in times.items())
             print(f"{dim} channels at {side}x{side}: {report}", flush=True)
 
 

@@ -4,20 +4,21 @@
     git checkout NEW && edgezoo export MODEL --format executorch --img-size 128 --out after
     python experiments/pte_ab.py before/MODEL.pte after/MODEL.pte [--rounds 30] [--threads 2]
 
-Each round runs every program 10 times after an untimed call, in alternating order (a fixed order biased
-a per-round ratio by up to 9% on this shared machine); the report is each program's median per-call time
-and its median per-round speed-up over the first program. The 2026-12-04 lowering figures in the README
-("ExecuTorch lowering") were measured this way, 30 rounds, on the Zen 4 EPYC ``-9963a7``.
+The programs are timed interleaved by the bench protocol (:func:`edgezoo.bench.measure`: turns of 10 calls
+after an untimed one, the order alternating each round: a fixed order biased a per-round ratio by up to 9% on
+a shared machine); the report is each program's median per-call time and its speed-up over the first. The
+2026-12-04 ExecuTorch lowering figures (docs/notes/2026-12-04-executorch-lowering.md) were measured this way,
+30 rounds, on the Zen 4 EPYC ``-9963a7``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from edgezoo.bench import Protocol, measure
 
 
 def main() -> None:
@@ -34,21 +35,11 @@ def main() -> None:
     x = torch.rand(1, 3, args.img_size, args.img_size)
     loaded = [Runtime.get().load_program(path) for path in args.programs]
     methods = [program.load_method("forward") for program in loaded]
-    times: list[list[float]] = [[] for _ in methods]
-    for round_ in range(args.rounds):
-        order = list(range(len(methods)))
-        for i in order if round_ % 2 else order[::-1]:
-            methods[i].execute([x])
-            calls = []
-            for _ in range(10):
-                start = time.perf_counter()
-                methods[i].execute([x])
-                calls.append(time.perf_counter() - start)
-            times[i].append(float(np.median(calls)))
-    base = np.array(times[0])
-    for path, t in zip(args.programs, times, strict=True):
-        print(f"{path}: {np.median(t) * 1e3:.2f} ms, {np.median(base / np.array(t)):.2f}x the first", flush=True)
-
+    fns = {str(path): (lambda m=m: m.execute([x])) for path, m in zip(args.programs, methods, strict=True)}
+    stats = measure(fns, Protocol(warmup=1, runs=args.rounds * 10, block=10, max_seconds=600))
+    base = stats[str(args.programs[0])].p50_ms
+    for key, s in stats.items():
+        print(f"{key}: {s.p50_ms:.2f} ms, {base / s.p50_ms:.2f}x the first", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -284,8 +284,11 @@ def export(
         img_size: export resolution (default: the checkpoint's, else the model's).
         batch: static batch size, or the batch of the example input when ``dynamic``.
         dynamic: dynamic batch, and dynamic height/width where the model allows it.
-        precision / half / int8: ``fp32`` (default for most formats), ``fp16`` or ``int8``.
-        calib / calib_size: int8 calibration data (``digits`` or a folder) and how many images.
+        precision: ``fp32`` (default for most formats), ``fp16`` or ``int8``.
+        half: the same as ``precision="fp16"``.
+        int8: the same as ``precision="int8"``.
+        calib: int8 calibration data, ``digits`` or a folder of images.
+        calib_size: how many calibration images.
         use_ema: export a checkpoint's EMA weights.
         classes: class names to embed (default: the checkpoint's).
         log: called with one progress line per stage.

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgezoo.errors import CheckpointError, InvalidArgumentError
+from edgezoo.errors import InvalidArgumentError
 
 __all__ = ["Source", "resolve_source"]
 
 _CKPT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+#: Files edgezoo writes that are not checkpoints (named so the error says what to pass instead).
+_ARTIFACT_SUFFIXES = (".onnx", ".pte", ".mlpackage", ".mlmodel", ".engine", ".tflite", ".json")
 
 
 @dataclass
@@ -71,17 +73,18 @@ def _from_model(model: nn.Module, name: str | None, img_size: int | None, origin
 def _looks_like_path(obj: Any) -> bool:
     if isinstance(obj, os.PathLike):
         return True
-    return isinstance(obj, str) and (obj.endswith(_CKPT_SUFFIXES) or os.sep in obj or Path(obj).is_file())
+    return isinstance(obj, str) and (obj.endswith(_CKPT_SUFFIXES + _ARTIFACT_SUFFIXES) or os.sep in obj
+                                     or Path(obj).exists())
 
 
 def _read_training_meta(path: Path) -> dict[str, Any]:
     """``arch``, ``num_classes``, ``classes``, ``img_size`` and the data config an edgezoo checkpoint records."""
+    from edgezoo.checkpoint import read_checkpoint
+
     if path.suffix == ".safetensors":
+        read_checkpoint(path)  # a one-line error when it is not one; safetensors hold no training metadata
         return {}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # load_checkpoint reports an unreadable file with a clear message
-        return {}
+    obj = read_checkpoint(path, mmap=True)
     if not isinstance(obj, dict):
         return {}
     meta = {k: obj[k] for k in ("arch", "num_classes", "classes", "img_size", "model_kwargs") if k in obj}
@@ -94,9 +97,14 @@ def _read_training_meta(path: Path) -> dict[str, Any]:
 def _from_checkpoint(path: Path, model_name: str | None, img_size: int | None, use_ema: bool) -> Source:
     from edgezoo import create_model, load_checkpoint
     from edgezoo.checkpoint import read_state_dict
+    from edgezoo.paths import existing_file
 
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.exists():
+        existing_file(path, "checkpoint" if path.suffix in _CKPT_SUFFIXES else "file")
+    if path.suffix in _ARTIFACT_SUFFIXES or path.is_dir():
+        raise InvalidArgumentError(f"{path} is not a checkpoint: pass a model name or a checkpoint (.pth, "
+                                   f".safetensors) to build the model from")
+    existing_file(path, "checkpoint")
     meta = _read_training_meta(path)
     name = model_name or meta.get("arch")
     if not name:
@@ -123,6 +131,8 @@ def _from_checkpoint(path: Path, model_name: str | None, img_size: int | None, u
 def resolve_source(obj: str | os.PathLike | nn.Module, model: str | None = None, img_size: int | None = None,
                    use_ema: bool = False, classes: list[str] | None = None) -> Source:
     """Resolve what :func:`edgezoo.export.export` was given (see the module docstring)."""
+    if img_size is not None and int(img_size) < 1:
+        raise InvalidArgumentError(f"image size must be a whole number of pixels >= 1, got {img_size}")
     if isinstance(obj, nn.Module):
         return _from_model(obj, model, img_size, "nn.Module", True, classes=classes)
     if _looks_like_path(obj):

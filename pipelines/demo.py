@@ -8,9 +8,11 @@ gate (``edgezoo.export.export``), time every runtime present with one protocol
 
 Why it fits in a few minutes on two cores: the models are tiny at 32 px (digits are 8x8 images), so
 every step is dominated by per-op overhead, not arithmetic. One thread per process is then the
-fastest setting, and two processes (one per core) work side by side: the stages are independent
-tasks (train, one export per format, benchmark) run by a pool of worker processes, the longest ready
-task first; the benchmarks run last, one at a time, on an otherwise idle machine. ExecuTorch int8
+fastest setting, and two processes (one per core) work side by side: the demo is a plan of stages
+(train, one export per group of formats, benchmark) run by :mod:`edgezoo.pipelines.runner`, the longest
+ready stage first, a model's stages on the worker that holds its prepared model; the benchmarks run last,
+one at a time, on an otherwise idle machine. ``--resume`` reuses every stage whose settings and inputs are
+unchanged (its content key), so a stopped demo continues where it stopped. ExecuTorch int8
 (PT2E quantisation, then lowering: several minutes for one model) is off by default
 (``--formats`` adds ``executorch-int8``).
 """
@@ -19,16 +21,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgezoo.errors import InvalidArgumentError, lookup
-from edgezoo.pipelines.demo_tasks import FORMATS, bench_one, export_group, init_worker, train
+from edgezoo.pipelines.demo_tasks import FORMATS, bench_stage, export_stage, init_worker, train_stage
+from edgezoo.pipelines.runner import Plan, Stage, run
 
 __all__ = ["DEFAULT_FORMATS", "PLAN", "QUICK", "Entry", "run_demo"]
 
@@ -81,16 +82,6 @@ _SHARED_GRAPH = ("onnx", "onnx-int8", "tensorrt")
 PROTOCOL = {"warmup": 10, "runs": 200, "max_seconds": 0.5}
 
 
-@dataclass
-class _Task:
-    model: str
-    stage: str  # "train", "export:<key>", "bench"
-    fn: Callable[..., dict[str, Any]]
-    kwargs: dict[str, Any]
-    cost: float
-    caches: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # export key -> (file, inputs)
-
-
 def _check_out(out: Path) -> Path:
     out = out.expanduser()
     if out.exists() and not out.is_dir():
@@ -123,57 +114,43 @@ def _formats(formats: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-class _Progress:
-    """One bar per model (tqdm), advanced by epochs (read from ``metrics.jsonl``) and finished stages."""
-
-    def __init__(self, entries: list[Entry], formats: list[str], enabled: bool) -> None:
-        from tqdm import tqdm
-
-        width = max(len(e.model) for e in entries)
-        self.bars = {e.model: tqdm(total=e.epochs + 1 + len(formats) + 1, desc=e.model.ljust(width), position=i,
-                                   disable=not enabled, dynamic_ncols=True, leave=True, file=sys.stderr,
-                                   bar_format="{desc} {bar:24} {n_fmt}/{total_fmt} {elapsed} {postfix}")
-                     for i, e in enumerate(entries)}
-        self.epochs = {e.model: 0 for e in entries}
-
-    def stage(self, model: str, text: str, steps: int = 0) -> None:
-        bar = self.bars[model]
-        bar.update(steps)
-        bar.set_postfix_str(text)
-
-    def epochs_done(self, model: str, run_dir: Path) -> None:
-        path = run_dir / "metrics.jsonl"
-        n = sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
-        if n > self.epochs[model]:
-            self.stage(model, f"training: epoch {n} done", n - self.epochs[model])
-            self.epochs[model] = n
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-
-def _executor(jobs: int, threads: int) -> Executor:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-
-    if jobs == 0:
-        return ThreadPoolExecutor(max_workers=1)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(threads,))
-
-
-def _cached_export(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """A previous run's export result when made from the same checkpoint with the same settings."""
+def _plan(entries: list[Entry], formats: list[str], out: Path, img_size: int, sets: list[str], threads: int,
+          inline: bool, runtimes: str, protocol: dict[str, Any], state: Path, fresh: bool,
+          ) -> tuple[Plan, dict[str, dict[str, Any]]]:
+    """The demo's plan: per model, train -> one export stage per group of formats -> bench (alone, last)."""
+    import hashlib
     import json
 
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if saved.get("key") == key and saved.get("status") in ("verified", "converted") and Path(saved["path"]).exists():
-        return {**saved, "reused": True}
-    return None
+    stages: list[Stage] = []
+    results: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        recipe = [*e.sets, *sets]
+        digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:8]
+        run_dir = out / "runs" / f"{e.model}-{img_size}px-{e.epochs}ep-{digest}"
+        model_dir = out / "models" / e.model
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(model_dir, ignore_errors=True)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        results[e.model] = {"family": e.family, "model": e.model, "epochs": e.epochs, "img_size": img_size,
+                            "run_dir": str(run_dir), "model_dir": str(model_dir), "exports": {}, "errors": {}}
+        train = f"{e.model}/train"
+        stages.append(Stage(train, train_stage, dict(
+            model=e.model, epochs=e.epochs, img_size=img_size, run_dir=str(run_dir), model_dir=str(model_dir),
+            resume=True, sets=recipe, threads=threads, inline=inline),
+            cost=_COST["epoch"] * e.epochs + e.weight * sum(_COST.get(k, 20) for k in formats), affinity=e.model))
+        groups = []
+        for group in _groups(formats):
+            name = f"{e.model}/export:{','.join(group)}"
+            groups.append(name)
+            stages.append(Stage(name, export_stage, dict(
+                keys=group, model=e.model, out_dir=str(model_dir / "exported"), model_dir=str(model_dir),
+                options={k: e.int8 if k == "onnx-int8" else {} for k in group}, inline=inline),
+                needs=(train,), cost=e.weight * sum(_COST.get(k, 20) for k in group), affinity=e.model))
+        stages.append(Stage(f"{e.model}/bench", bench_stage, dict(
+            model=e.model, runtimes=runtimes, work_dir=str(model_dir / "exported"), model_dir=str(model_dir),
+            threads=1, protocol=protocol, inline=inline), needs=(train, *groups), exclusive=True, affinity=e.model))
+    return Plan(stages, state), results
 
 
 def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None = None, quick: bool = False,
@@ -185,7 +162,6 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
 
     ``protocol`` replaces :data:`PROTOCOL` (the benchmark's warm-up, runs and seconds).
     """
-    import json
 
     out = _check_out(Path(out))
     if quick:
@@ -206,113 +182,32 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
     runtimes = ",".join(rt for rt, fmt in RUNTIMES.items() if fmt is None or fmt in formats)
 
     t_wall, t_cpu = time.perf_counter(), _cpu_seconds()
-    results: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        run_dir = out / "runs" / f"{e.model}-{img_size}px-{e.epochs}ep"
-        model_dir = out / "models" / e.model
-        if not resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            shutil.rmtree(model_dir, ignore_errors=True)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        results[e.model] = {"family": e.family, "model": e.model, "epochs": e.epochs, "img_size": img_size,
-                            "run_dir": str(run_dir), "model_dir": str(model_dir), "exports": {}, "errors": {}}
-
-    bars = _Progress(entries, formats, progress)
-    ready = [_Task(e.model, "train", train, dict(
-        model=e.model, epochs=e.epochs, img_size=img_size, run_dir=results[e.model]["run_dir"],
-        model_dir=results[e.model]["model_dir"], resume=resume, sets=[*e.sets, *sets], threads=threads, inline=inline),
-        cost=_COST["epoch"] * e.epochs + e.weight * sum(_COST.get(k, 20) for k in formats)) for e in entries]
-    by_model = {e.model: e for e in entries}
-    running: dict[Future, _Task] = {}
-    pending_exports = {e.model: set(formats) for e in entries}
-    pool = _executor(jobs, threads)
-
-    def start(task: _Task) -> None:
-        verb = {"train": "training", "bench": "benchmarking"}.get(task.stage, f"exporting {task.stage[7:]}")
-        bars.stage(task.model, verb)
-        running[pool.submit(task.fn, **task.kwargs)] = task
-
-    def trained(model: str, res: dict[str, Any]) -> None:
+    state = out / ".plan"
+    if not resume:
+        shutil.rmtree(state, ignore_errors=True)
+    plan, results = _plan(entries, formats, out, img_size, [*sets], threads, inline, runtimes, protocol, state,
+                          fresh=not resume)
+    outcomes = run(plan, jobs=jobs, progress=progress, desc="demo", initializer=None if inline else init_worker,
+                   initargs=(threads,))
+    for name, outcome in outcomes.items():
+        model, _, stage = name.partition("/")
         r = results[model]
-        r["train"] = {k: v for k, v in res.items() if k not in ("val", "params", "macs", "input_size")}
-        r.update(val=res["val"], params=res["params"], macs=res["macs"])
-        bars.stage(model, f"validated: top-1 {res['val']['top1']:.2f}%", 1 + max(0, by_model[model].epochs -
-                                                                              bars.epochs[model]))
-        todo: dict[str, tuple[str, dict[str, Any]]] = {}
-        for key in formats:
-            options = by_model[model].int8 if key == "onnx-int8" else {}
-            cache_key = {"checkpoint": res["checkpoint"], "mtime_ns": Path(res["checkpoint"]).stat().st_mtime_ns,
-                         "use_ema": res["use_ema"], "options": options}
-            cache = Path(r["model_dir"]) / f"export-{key}.json"
-            hit = _cached_export(cache, cache_key) if resume else None
-            if hit is not None:
-                exported(model, key, hit)
-            else:
-                todo[key] = (str(cache), cache_key)
-        for group in _groups(list(todo)):
-            ready.append(_Task(model, "export:" + ",".join(group), export_group, dict(
-                keys=group, ckpt=res["checkpoint"], model=model, use_ema=res["use_ema"],
-                out_dir=str(Path(r["model_dir"]) / "exported"), model_dir=r["model_dir"],
-                options={k: todo[k][1]["options"] for k in group}, inline=inline),
-                cost=by_model[model].weight * sum(_COST.get(k, 20) for k in group), caches={k: todo[k] for k in group}))
-        if not formats:
-            benchmark(model)
-
-    def exported(model: str, key: str, res: dict[str, Any]) -> None:
-        results[model]["exports"][key] = res
-        pending_exports[model].discard(key)
-        bars.stage(model, f"{key}: {res['status']}", 1)
-        if not pending_exports[model]:
-            benchmark(model)
-
-    def benchmark(model: str) -> None:
-        r = results[model]
-        ready.append(_Task(model, "bench", bench_one, dict(
-            ckpt=r["checkpoint"], model=model, use_ema=r["use_ema"], exports=r["exports"], runtimes=runtimes,
-            work_dir=str(Path(r["model_dir"]) / "exported"), model_dir=r["model_dir"], threads=1,
-            protocol=protocol, inline=inline), cost=0.0))
-
-    def finished(task: _Task, fut: Future) -> None:
-        try:
-            res = fut.result()
-        except Exception as err:  # a crashed stage is reported; the other models go on
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            results[task.model]["errors"][task.stage] = f"{type(err).__name__}: {first[:300]}"
-            bars.stage(task.model, f"{task.stage} crashed")
-            for key in task.caches:
-                exported(task.model, key, {"status": "failed", "error": first[:300]})
-            return
-        if task.stage == "train":
-            results[task.model].update(checkpoint=res["checkpoint"], use_ema=res["use_ema"])
-            trained(task.model, res)
-        elif task.stage == "bench":
-            results[task.model]["bench"] = res
-            bars.stage(task.model, "done")
-            bars.bars[task.model].update(1)
+        if outcome.status in ("failed", "skipped"):
+            r["errors"][stage] = outcome.error
+            for key in (stage.removeprefix("export:").split(",") if stage.startswith("export:") else []):
+                r["exports"][key] = {"status": "failed", "error": outcome.error}
+            continue
+        res = dict(outcome.result or {})
+        if stage == "train":
+            r["train"] = {k: v for k, v in res.items() if k not in ("val", "params", "macs", "input_size")}
+            r.update(checkpoint=res["checkpoint"], use_ema=res["use_ema"], val=res["val"], params=res["params"],
+                     macs=res["macs"])
+            r["train"]["reused"] = r["train"].get("reused") or outcome.status == "reused"
+        elif stage == "bench":
+            r["bench"] = res
         else:
             for key, row in res.items():
-                path, inputs = task.caches[key]
-                Path(path).write_text(json.dumps({**row, "key": inputs}, default=str))
-                exported(task.model, key, row)
-
-    try:
-        while ready or running:
-            for task in sorted(ready, key=lambda t: -t.cost):
-                if len(running) >= max(jobs, 1):
-                    break
-                if task.stage == "bench" and (running or any(t.stage != "bench" for t in ready)):
-                    continue  # benchmarks run last, one at a time, on an otherwise idle machine
-                ready.remove(task)
-                start(task)
-            done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            for t in running.values():
-                if t.stage == "train":
-                    bars.epochs_done(t.model, Path(t.kwargs["run_dir"]))
-            for fut in done:
-                finished(running.pop(fut), fut)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bars.close()
+                r["exports"][key] = {**row, "reused": True} if outcome.status == "reused" else row
 
     from edgezoo.pipelines.demo_report import machine_summary, write_report
 

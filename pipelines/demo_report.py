@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHARTS", "machine_summary", "markdown", "write_report"]
+from edgezoo.tables import format_count, markdown_table
+
+__all__ = ["CHARTS", "headline", "machine_summary", "markdown", "write_report"]
 
 CHARTS = {"accuracy_latency": "accuracy_latency.png", "training_curves": "training_curves.png",
           "latency_runtimes": "latency_runtimes.png"}
@@ -34,13 +36,6 @@ def machine_summary(**fields: Any) -> dict[str, Any]:
         load = None
     return {"machine": machine(), "load_average_1min_end": load, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in fields.items()}}
-
-
-def _count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
 
 
 def _records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,15 +85,16 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cols, absent = _columns(results)
     head = ["family", "model", "params", "MACs", "val top-1", *[_FORMAT_NAMES[f] for f in formats],
             *[f"`{c}` ms" for c in cols], "int8 agreement"]
-    lines = [f"# edgezoo demo: {len(results)} famil{'y' if len(results) == 1 else 'ies'} on digits",
-             "", f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    rows = []
     for r in results:
         val = f"{r['val']['top1']:.2f}%" if r.get("val") else "failed"
-        row = [_FAMILY_NAMES.get(r["family"], r["family"]), f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px",
-               _count(r["params"]) if r.get("params") else "-", _count(r["macs"]) if r.get("macs") else "-", val,
-               *[_status(r, f) for f in formats], *[_latency(r, c) for c in cols], _int8_agreement(r)]
-        lines.append(f"| {' | '.join(row)} |")
-    lines += ["", _caption(meta), "", *_charts(), "", *_timings(results, meta)]
+        name = f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px"
+        rows.append([_FAMILY_NAMES.get(r["family"], r["family"]), name,
+                     format_count(r["params"]) if r.get("params") else "-",
+                     format_count(r["macs"]) if r.get("macs") else "-", val,
+                     *[_status(r, f) for f in formats], *[_latency(r, c) for c in cols], _int8_agreement(r)])
+    lines = [f"# edgezoo demo: {len(results)} famil{'y' if len(results) == 1 else 'ies'} on digits", "",
+             markdown_table(rows, head), "", _caption(meta), "", *_charts(), "", *_timings(results, meta)]
     if absent:
         lines += ["", "Runtimes not present here: " + "; ".join(f"`{c}` ({why})" for c, why in absent.items()) + "."]
     errors = [f"`{r['model']}` {stage}: {err}" for r in results for stage, err in r.get("errors", {}).items()]
@@ -106,6 +102,21 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += ["", "Errors: " + "; ".join(errors)]
     lines += ["", *_choices(results, meta)]
     return "\n".join(lines) + "\n"
+
+
+def headline(report: dict[str, Any], source: str) -> str:
+    """The README's headline: each family's demo model, its accuracy, its latency on every runtime timed, and
+    where the figures come from (``report``: a demo's ``report.json``, found at ``source``)."""
+    results, meta = report["results"], report["meta"]
+    cols, _ = _columns(results)
+    rows = [[_FAMILY_NAMES.get(r["family"], r["family"]), f"`{r['model']}`",
+             f"{r['val']['top1']:.1f}%" if r.get("val") else "failed", *[_latency(r, c) for c in cols],
+             _int8_agreement(r).split(" (")[0]] for r in results]
+    head = ["family", "model", "digits top-1", *[f"`{c}` ms" for c in cols], "int8 agreement"]
+    return (markdown_table(rows, head) + f"\n\n`{meta.get('command', 'make demo')}` on {meta['machine']}, "
+            f"{meta['date']}: batch-1 p50 latency at {results[0]['img_size']} px, one thread, runtimes interleaved; "
+            f"int8 agreement: the ONNX int8 file's top-1 agreement with fp32 on the 360 held-out digits. The whole "
+            f"report, with its charts and timings: [{source}]({source}).")
 
 
 def _caption(meta: dict[str, Any]) -> str:
@@ -132,19 +143,18 @@ def _timings(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     where = (f"its own worker process, {meta['jobs']} side by side" if meta["jobs"] else "in the demo's process")
     lines = ["## Where the time went", "", f"Seconds, wall / CPU, of each stage ({where}, "
              f"{meta['threads']} thread{'s' if meta['threads'] > 1 else ''}).",
-             "", f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+             ""]
 
     def cell(t: dict[str, Any] | None) -> str:
         if not t or "wall_s" not in t:
             return "-"
         return f"{t['wall_s']:.0f} / {t['cpu_s']:.0f}" + (" (reused)" if t.get("reused") else "")
 
-    for r in results:
-        bench = (r.get("bench") or {}).get("timing")
-        lines.append(f"| `{r['model']}` | {cell(r.get('train'))} | "
-                     + " | ".join(cell(r["exports"].get(k)) for k in keys) + f" | {cell(bench)} |")
-    lines += ["", f"Whole run: {meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} s CPU (every process), "
-                  f"{meta['jobs']} worker processes; 1-minute load average at the end {meta['load_average_1min_end']}."]
+    rows = [[f"`{r['model']}`", cell(r.get("train")), *(cell(r["exports"].get(k)) for k in keys),
+             cell((r.get("bench") or {}).get("timing"))] for r in results]
+    lines += [markdown_table(rows, head), "",
+              f"Whole run: {meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} s CPU (every process), {meta['jobs']} "
+              f"worker processes; 1-minute load average at the end {meta['load_average_1min_end']}."]
     return lines
 
 

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "bench_one", "export_group", "export_one", "init_worker", "train"]
+__all__ = ["FORMATS", "bench_one", "bench_stage", "export_group", "export_one", "export_stage", "init_worker", "train",
+           "train_stage"]
 
 #: The demo's export targets: key -> (format, precision). ONNX int8 options are per family (see demo.PLAN).
 FORMATS: dict[str, tuple[str, str]] = {
@@ -125,10 +126,10 @@ def train(model: str, epochs: int, img_size: int, run_dir: str, model_dir: str, 
 
 
 def _profile(ckpt: str, model: str, use_ema: bool) -> dict[str, Any]:
-    from edgezoo.export import prepare
+    from edgezoo.pipelines.cache import prepared
     from edgezoo.profile import count_macs, count_params
 
-    src = prepare(ckpt, model=model, use_ema=use_ema)
+    src = prepared(ckpt, model=model, use_ema=use_ema)
     return {"params": count_params(src.model), "macs": int(count_macs(src.model, src.input_size)),
             "input_size": list(src.input_size)}
 
@@ -140,13 +141,14 @@ def export_one(key: str, ckpt: str, model: str, use_ema: bool, out_dir: str, mod
     timing: dict[str, Any] = {}
     with _clock(timing), _logged(Path(model_dir) / f"export-{key}.log", inline):
         from edgezoo.export import export, get_format
+        from edgezoo.pipelines.cache import prepared
 
         missing = get_format(fmt).missing()
         if missing or (fmt == "tensorrt" and get_format(fmt).runtime_reason()):
             why = f"{missing} is not installed" if missing else get_format(fmt).runtime_reason()
             return {"format": fmt, "precision": precision, "status": "absent", "error": why, **timing}
-        res = export(ckpt, fmt, out_dir, model=model, use_ema=use_ema, precision=precision, calib="digits",
-                     **options)
+        res = export(prepared(ckpt, model=model, use_ema=use_ema), fmt, out_dir, precision=precision,
+                     calib="digits", **options)
         print(res.summary(), flush=True)
     row = res.to_dict()
     row.pop("metadata", None)
@@ -162,6 +164,27 @@ def export_group(keys: list[str], ckpt: str, model: str, use_ema: bool, out_dir:
             for key in keys}
 
 
+def train_stage(**settings: Any) -> dict[str, Any]:
+    """The demo's training stage (:func:`train`), as the runner calls it."""
+    return train(**settings)
+
+
+def export_stage(keys: list[str], model: str, out_dir: str, model_dir: str, options: dict[str, dict[str, Any]],
+                 inline: bool, inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The demo's export stage: :func:`export_group` of the checkpoint the training stage made."""
+    (trained,) = inputs.values()
+    return export_group(keys, trained["checkpoint"], model, trained["use_ema"], out_dir, model_dir, options, inline)
+
+
+def bench_stage(model: str, runtimes: str, work_dir: str, model_dir: str, threads: int, protocol: dict[str, Any],
+                inline: bool, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The demo's benchmark stage: :func:`bench_one` of the trained model and every file its exports made."""
+    trained = next(v for k, v in inputs.items() if k.endswith("/train"))
+    exports = {key: row for k, v in inputs.items() if not k.endswith("/train") for key, row in v.items()}
+    return bench_one(trained["checkpoint"], model, trained["use_ema"], exports, runtimes, work_dir, model_dir,
+                     threads, protocol, inline)
+
+
 def bench_one(ckpt: str, model: str, use_ema: bool, exports: dict[str, dict[str, Any]], runtimes: str,
               work_dir: str, model_dir: str, threads: int, protocol: dict[str, Any], inline: bool = False,
               ) -> dict[str, Any]:
@@ -169,11 +192,11 @@ def bench_one(ckpt: str, model: str, use_ema: bool, exports: dict[str, dict[str,
     timing: dict[str, Any] = {}
     with _clock(timing), _logged(Path(model_dir) / "bench.log", inline):
         from edgezoo.bench import BenchItem, Protocol, bench, parse_runtimes
-        from edgezoo.export import prepare
+        from edgezoo.pipelines.cache import prepared
         from edgezoo.pipelines.demo_artifacts import Exported
         from edgezoo.profile import count_macs, count_params
 
-        src = prepare(ckpt, model=model, use_ema=use_ema)
+        src = prepared(ckpt, model=model, use_ema=use_ema)
         item = BenchItem(src=src, artifacts=Exported(src, Path(work_dir), exports), threads=threads)
         item.extra.update(params=count_params(src.model), macs=int(count_macs(src.model, src.input_size)))
         report = bench([item], parse_runtimes(runtimes), threads=threads, protocol=Protocol(**protocol),

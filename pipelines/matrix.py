@@ -1,8 +1,8 @@
-"""The export matrix: every model x format x precision, as a table, JSON, and a README section.
+"""The export matrix: every model x format x precision, as a table, JSON, and a docs page.
 
 ``edgezoo export --all --format onnx,coreml,executorch`` runs :func:`run_matrix`; the JSON it
-writes is the only source of the README's export table (:func:`markdown_table`, written by
-``scripts/export_table.py`` / ``make export-table``), so the table is generated, never typed.
+writes is the only source of the docs' export table (:func:`markdown_table`, written by ``make tables``),
+so the table is generated, never typed.
 """
 
 from __future__ import annotations
@@ -14,46 +14,88 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown_table", "print_table", "run_matrix"]
+__all__ = ["commit", "markdown_table", "matrix_cell", "print_table", "run_matrix"]
+
+
+def matrix_cell(model: str, format: str, precision: str, out_dir: str, img_size: int | None,
+                common: dict[str, Any]) -> dict[str, Any]:
+    """One cell: ``model`` (random weights, prepared once per worker) exported to ``format`` at ``precision``."""
+    from edgezoo.export.api import export
+    from edgezoo.pipelines.cache import prepared
+
+    src = prepared(model, img_size=img_size)
+    res = export(src, format, Path(out_dir) / model, precision=precision, log=lambda m: None, **common)
+    row = res.to_dict()
+    row.pop("metadata", None)
+    row["notes"] = {k: v for k, v in row["notes"].items() if k in ("exporter", "dynamic_hw", "traceback")}
+    row["commit"] = commit()
+    return row
+
+
+def commit() -> str | None:
+    """The repository's commit (``+dirty`` with uncommitted changes), or None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisions: list[str] | None = None,
                img_size: int | None = None, log: Callable[[str], None] = print, json_path: Path | None = None,
-               **common: Any) -> dict[str, Any]:
-    """Export each model to each format in each precision it supports (or ``precisions``).
+               jobs: int | None = None, progress: bool = False, **common: Any) -> dict[str, Any]:
+    """Export each model to each format in each precision it supports (or ``precisions``): one stage a cell of a
+    plan (:mod:`edgezoo.pipelines.runner`), a model's cells on the worker that prepared it.
 
-    Returns ``{"machine", "started", "results": [ExportResult dicts]}``; a failure is a cell with
-    its error, never an exception (bad input, such as an unknown format, still raises first).
-    With ``json_path`` the matrix so far is written there after each model, so a long run that is
-    stopped keeps what it finished.
+    Returns ``{"machine", "fingerprint", "started", "results": [ExportResult dicts]}``; a failure is a cell with
+    its error, never an exception (bad input, such as an unknown format, still raises first). The plan's
+    records live in ``out_dir/.plan``: run again, the cells already made are not made again, so the matrix fills
+    over several sittings. With ``json_path`` the matrix so far is written there as each cell lands.
     """
-    from edgezoo.export.api import ExportResult, export, prepare
+    from edgezoo.bench.fingerprint import fingerprint
+    from edgezoo.export.api import ExportResult
     from edgezoo.export.base import get_format
+    from edgezoo.pipelines.runner import Plan, Stage, run, usable_cores
 
     fmts = [get_format(f) for f in formats]
     for fmt in fmts:
         fmt.require()
-    results: list[dict[str, Any]] = []
+    stages = [Stage(f"{name}/{fmt.name}-{prec}", matrix_cell, dict(
+        model=name, format=fmt.name, precision=prec, out_dir=str(out_dir), img_size=img_size, common=common),
+        affinity=name) for name in models for fmt in fmts
+        for prec in fmt.precisions if precisions is None or prec in precisions]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    for name in models:
-        try:
-            src = prepare(name, img_size=img_size)
-        except Exception as err:  # a model that cannot even be built fails all its cells
-            for fmt in fmts:
-                results.append(ExportResult(name, fmt.name, "-", "failed", error=f"{type(err).__name__}: {err}")
-                               .to_dict())
-            continue
-        for fmt in fmts:
-            for prec in [p for p in fmt.precisions if precisions is None or p in precisions]:
-                res = export(src, fmt.name, out_dir / name, precision=prec, log=lambda m: None, **common)
-                log(f"  {res.summary()}")
-                row = res.to_dict()
-                row.pop("metadata", None)
-                row["notes"] = {k: v for k, v in row["notes"].items() if k in ("exporter", "dynamic_hw", "traceback")}
-                results.append(row)
+    fp = fingerprint(1)
+    head = {"machine": machine(), "fingerprint": {k: fp[k] for k in ("id", "cpu", "flags", "usable_cores", "os",
+                                                                     "versions")}, "started": started}
+    cells: dict[str, dict[str, Any]] = {}
+
+    def landed(name: str, outcome: Any) -> None:
+        model, _, cell = name.partition("/")
+        fmt, _, prec = cell.rpartition("-")
+        row = outcome.result or ExportResult(model, fmt, prec, "failed", error=outcome.error).to_dict()
+        cells[name] = row
+        if outcome.status != "reused":
+            log(f"  {model} {fmt} {prec}: {row['status']}" + (f" ({row.get('error')})" if row.get("error") else ""))
         if json_path is not None:
-            _save(json_path, {"machine": machine(), "started": started, "results": results})
-    return {"machine": machine(), "started": started, "results": results}
+            _save(json_path, {**head, "results": [cells[s.name] for s in stages if s.name in cells]})
+
+    threads = 1 if (jobs or usable_cores()) > 1 else usable_cores()
+    run(Plan(stages, Path(out_dir) / ".plan"), jobs=jobs, progress=progress, desc="export matrix",
+        on_outcome=landed, initializer=_init_worker, initargs=(threads,))
+    return {**head, "results": [cells[s.name] for s in stages]}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def machine() -> str:
@@ -104,31 +146,32 @@ def _cell(r: dict[str, Any] | None, markdown: bool) -> str:
 
 def print_table(matrix: dict[str, Any]) -> str:
     """The matrix as a plain-text table (status per cell; failures with their error)."""
+    from edgezoo.tables import text_table
+
     models, columns, cells = _cells(matrix)
-    rows = [[m, *(_cell(cells.get((m, c)), False) for c in columns)] for m in models]
-    header = ["model", *columns]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return text_table([[m, *(_cell(cells.get((m, c)), False) for c in columns)] for m in models], ["model", *columns])
 
 
 def markdown_table(matrix: dict[str, Any]) -> str:
-    """The matrix as the README's Markdown table, with export times and a legend."""
+    """The matrix as the docs' Markdown table, with export times, a legend and where it comes from."""
+    from edgezoo.tables import markdown_table as table
+
     models, columns, cells = _cells(matrix)
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for m in models:
-        lines.append(f"| `{m}` | " + " | ".join(_cell(cells.get((m, c)), True) for c in columns) + " |")
+    rows = [[f"`{m}`", *(_cell(cells.get((m, c)), True) for c in columns)] for m in models]
     counts: dict[str, int] = {}
     for r in matrix["results"]:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    lines.append("")
-    lines.append(f"Generated from the export matrix JSON of {matrix['started']} ({matrix['machine']}): {total}. "
-                 "`verified`: a runtime here ran the artifact and it passed its gate (relative max error "
-                 "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; "
-                 "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated)."
-                 + (f" Runs: {matrix['note']}." if matrix.get("note") else ""))
-    return "\n".join(lines)
+    commits = sorted({r["commit"] for r in matrix["results"] if r.get("commit")})
+    fp = matrix.get("fingerprint") or {}
+    where = f"`{fp['id']}` ({matrix['machine']})" if fp.get("id") else matrix["machine"]
+    legend = (f"`make export-matrix` started {matrix['started']} on {where}"
+              + (f", commit {', '.join(commits)}" if commits else "") + f": {total}. "
+              "`verified`: a runtime here ran the artifact and it passed its gate (relative max error "
+              "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; "
+              "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated)."
+              + (f" Runs: {matrix['note']}." if matrix.get("note") else ""))
+    return table(rows, ["model", *columns]) + "\n\n" + legend
 
 
 def load_matrix(path: Path) -> dict[str, Any]:

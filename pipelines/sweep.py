@@ -14,8 +14,11 @@ For each mixer, in its own run folder ``OUTPUT/<mixer>/``:
    which marks the mixer done.
 
 Then ``OUTPUT/sweep.{json,csv,md}`` and ``OUTPUT/pareto-<runtime>-<precision>.png`` (top-1 against latency).
-``--curve`` adds the cost curve: every mixer's latency on onnxruntime CPU at 128-1024 px
-(``OUTPUT/cost-curve.{json,png}``; random weights, which do not change fp32 latency).
+Each mixer is two stages of a plan (:mod:`edgezoo.pipelines.runner`, records in ``OUTPUT/.plan``): its
+training, then its evaluation (validate, export, benchmark: alone on the machine). A stopped sweep continues
+where it stopped; a changed setting redoes what it changes. The cost curve across input sizes is
+``edgezoo bench ez_mix_<mixer>_<size> ... --sizes 256,512,1024 --interleave-sizes --curve curve.png``: the
+same benchmark, every file through its export gate.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CURVE_SIZES", "cost_curve", "main_worker", "sweep", "sweep_mixer"]
+__all__ = ["evaluate_stage", "main_worker", "sweep", "train_stage"]
 
-CURVE_SIZES = (128, 256, 384, 512, 768, 1024)
 _EXCLUDED_BY_DEFAULT = ("compile",)  # torch.compile: minutes per model on a CPU; name it to include it
 
 
@@ -130,31 +132,28 @@ def _validate(model: str, ckpt: Path, data: str, img_size: int | None) -> tuple[
     return raw, ema
 
 
-def sweep_mixer(mixer: str, size: str, out: Path, train_args: dict[str, Any], runtimes: str, threads: int | None,
-                nproc: int, log, bench_size: int = 224) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """Train, validate, export and benchmark one mixer (skipped when its ``row.json`` exists); ``(row, bench
-    records, fingerprint)``."""
+def train_stage(mixer: str, size: str, out: str, train_args: dict[str, Any], nproc: int) -> dict[str, Any]:
+    """Train ``ez_mix_<mixer>_<size>`` in a child process (torchrun on several GPUs); its memory and time."""
+    name = f"ez_mix_{mixer}_{size}"
+    memory = _train({**train_args, "model": name}, Path(out) / mixer, nproc, lambda m: None)
+    return {**memory, "checkpoint": str(Path(out) / mixer / "best.pth")}
+
+
+def evaluate_stage(mixer: str, size: str, out: str, train_args: dict[str, Any], runtimes: str, threads: int | None,
+                   bench_size: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Validate, export and benchmark a trained mixer; write its ``row.json`` (what :func:`write_sweep` reads)."""
     from edgezoo.bench import Protocol, bench, parse_runtimes
     from edgezoo.export import export
     from edgezoo.profile import profile_model
 
-    run_dir = out / mixer
-    row_path = run_dir / "row.json"
-    if row_path.is_file():
-        done = json.loads(row_path.read_text())
-        if done.get("args") == train_args and done["row"].get("bench_size") == bench_size:
-            log(f"{done['row']['model']}: done ({row_path}), skipped")
-            return done["row"], done["records"], done["fingerprint"]
-    name = f"ez_mix_{mixer}_{size}"
-    memory = _train({**train_args, "model": name}, run_dir, nproc, log)
-    ckpt = run_dir / "best.pth"
+    (memory,) = inputs.values()
+    run_dir, name = Path(out) / mixer, f"ez_mix_{mixer}_{size}"
+    ckpt = Path(memory["checkpoint"])
     img = train_args.get("img_size")
     top1, top1_ema = _validate(name, ckpt, train_args["data"], img)
-    log(f"{name}: top-1 {top1:.2f} (EMA {top1_ema}); exporting")
     onnx = export(ckpt, "onnx", run_dir / "export", model=name, img_size=img)
-    calib = train_args["data"]
     report = bench([str(ckpt)], parse_runtimes(runtimes), img_sizes=[bench_size], threads=threads, model=name,
-                   calib=calib, protocol=Protocol(warmup=5, runs=50, max_seconds=5.0), progress=False)
+                   calib=train_args["data"], protocol=Protocol(warmup=5, runs=50, max_seconds=5.0), progress=False)
     records = report["records"]
     trained_at = img or profile_model(name).input_size[-1]
     row = {
@@ -169,19 +168,21 @@ def sweep_mixer(mixer: str, size: str, out: Path, train_args: dict[str, Any], ru
         "peak_train_kind": "cuda" if "cuda_peak_mb" in memory else "host RSS",
         "train_seconds": memory.get("seconds"),
     }
-    row_path.write_text(json.dumps({"args": train_args, "row": row, "records": records,
-                                    "fingerprint": report["fingerprint"]}, indent=2))
-    return row, records, report["fingerprint"]
+    (run_dir / "row.json").write_text(json.dumps({"args": train_args, "row": row, "records": records,
+                                                 "fingerprint": report["fingerprint"]}, indent=2))
+    return {"row": row}
 
 
 def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits", output: str | Path | None = None,
           epochs: int | None = None, img_size: int | None = None, batch_size: int | None = None,
           overrides: list[str] | None = None, runtimes: str | None = None, threads: int | None = None,
-          nproc: int | None = None, bench_size: int = 224, log=print) -> dict[str, Any]:
-    """Run the sweep (see the module docstring); returns ``{"rows", "paths"}``."""
+          nproc: int | None = None, bench_size: int = 224, log=print, progress: bool = False) -> dict[str, Any]:
+    """Run the sweep (see the module docstring); returns ``{"rows", "paths", "stages"}`` (``stages``: each stage's
+    status, ``done`` or ``reused``)."""
     from edgezoo.blocks.mixers import MIXERS
     from edgezoo.errors import InvalidArgumentError, lookup
     from edgezoo.mix import SIZES
+    from edgezoo.pipelines.runner import Plan, Stage, run
 
     if size not in SIZES:
         raise InvalidArgumentError(f"unknown size {size!r}: pass --size {' or '.join(SIZES)}")
@@ -193,9 +194,21 @@ def sweep(size: str = "s", mixers: list[str] | None = None, data: str = "digits"
                   "batch_size": batch_size, "set": list(overrides or [])}
     runtimes = runtimes or present_runtimes()
     nproc = _gpus() if nproc is None else nproc
+    common = {"size": size, "out": str(out), "train_args": train_args}
+    stages = []
     for mixer in mixers:
-        sweep_mixer(mixer, size, out, train_args, runtimes, threads, nproc, log, bench_size)
-    return write_sweep(out, mixers, size, data, train_args, runtimes, bench_size, log)
+        stages += [Stage(f"{mixer}/train", train_stage, {"mixer": mixer, "nproc": nproc, **common}, affinity=mixer),
+                   Stage(f"{mixer}/evaluate", evaluate_stage, {"mixer": mixer, "runtimes": runtimes, "threads": threads,
+                                                               "bench_size": bench_size, **common},
+                         needs=(f"{mixer}/train",), exclusive=True, affinity=mixer)]
+
+    def landed(name: str, outcome: Any) -> None:
+        log(f"{name}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else ""))
+
+    # one stage at a time in this process: a training child takes every core (or every GPU)
+    outcomes = run(Plan(stages, out / ".plan"), jobs=0, progress=progress, desc="sweep", on_outcome=landed)
+    result = write_sweep(out, mixers, size, data, train_args, runtimes, bench_size, log)
+    return {**result, "stages": {n: o.status for n, o in outcomes.items()}}
 
 
 def _epoch_seconds(run_dir: Path) -> float | None:
@@ -235,85 +248,6 @@ def write_sweep(out: Path, mixers: list[str], size: str, data: str, train_args: 
     charts = pareto_charts(records, fingerprint, rows, out) if fingerprint else []
     log(f"sweep: {len(rows)} mixers; {paths['md']}; charts: {', '.join(str(c) for c in charts)}")
     return {"rows": rows, "paths": {**{k: str(v) for k, v in paths.items()}, "charts": [str(c) for c in charts]}}
-
-
-def _ort_session(model: Any, size: int, threads: int, work: Path) -> tuple[Any, dict[str, Any]]:
-    """An onnxruntime CPU session of ``model`` at ``size`` px (TorchScript-based export, no gate) and its feed."""
-    import torch
-
-    from edgezoo.export.onnx import ort_session
-
-    path = work / f"{id(model)}-{size}.onnx"
-    x = torch.randn(1, 3, size, size)
-    with torch.no_grad():
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"])
-    session = ort_session(path, threads=threads)
-    path.unlink()
-    return session, {"input": x.numpy()}
-
-
-def cost_curve(size: str = "s", mixers: list[str] | None = None, sizes: tuple[int, ...] = CURVE_SIZES,
-               output: str | Path = "runs/sweep-curve", threads: int | None = None, log=print) -> dict[str, Any]:
-    """Latency on onnxruntime CPU against input size for every mixer; ``cost-curve.{json,png}`` in ``output``.
-
-    Each mixer's deploy form (:func:`edgezoo.fuse`, random weights: fp32 latency does not depend on them) is
-    exported once per size with torch's TorchScript-based exporter (not parity-gated: the sweep's own ONNX
-    files are), and at each size all mixers are timed *interleaved* by the bench protocol
-    (:func:`edgezoo.bench.measure`: round-robin rounds), so a loaded machine slows them alike and
-    their ratios hold. The JSON is saved after every size.
-    """
-    import tempfile
-
-    import torch
-
-    import edgezoo
-    from edgezoo.bench import Protocol, measure
-    from edgezoo.bench.ceiling import measured_fingerprint as fingerprint
-    from edgezoo.bench.plot import cost_curve_png, fit_exponents
-    from edgezoo.bench.report import save_report
-    from edgezoo.bench.run import check_threads
-    from edgezoo.blocks.mixers import MIXERS
-    from edgezoo.pipelines.sweep_report import curve_markdown
-
-    out = Path(output)
-    threads = check_threads(threads)
-    protocol = Protocol(warmup=3, runs=20, max_seconds=60.0)
-    report: dict[str, Any] = {"schema": "edgezoo.sweep-curve/1", "fingerprint": fingerprint(threads),
-                              "protocol": protocol.to_dict(), "exporter": "torch.onnx (TorchScript), opset 17",
-                              "timing": "all mixers interleaved at each size", "records": []}
-    path = out / "cost-curve.json"
-    torch.set_num_threads(threads)
-    models = {m: edgezoo.fuse(edgezoo.create_model(f"ez_mix_{m}_{size}").eval()) for m in (mixers or MIXERS)}
-    with tempfile.TemporaryDirectory() as work:
-        for px in sizes:
-            fns, failed = {}, {}
-            for mixer, model in models.items():
-                try:
-                    session, feed = _ort_session(model, px, threads, Path(work))
-                    fns[mixer] = lambda s=session, f=feed: s.run(None, f)
-                except Exception as err:  # one failed point is a record, never the end of the curve
-                    failed[mixer] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-            stats = measure(fns, protocol) if fns else {}
-            for mixer in models:
-                rec = {"model": f"ez_mix_{mixer}_{size}", "mixer": mixer, "img_size": px, "runtime": "ort",
-                       "precision": "fp32", "batch": 1, "threads": threads}
-                if mixer in stats:
-                    st = stats[mixer]
-                    rec.update(status="ok", runs=st.runs, latency_ms={"p50": round(st.p50_ms, 4),
-                                                                      "p90": round(st.p90_ms, 4),
-                                                                      "min": round(st.min_ms, 4)})
-                else:
-                    rec.update(status="failed", error=failed.get(mixer, "not timed"))
-                report["records"].append(rec)
-            log(f"{px}px: " + ", ".join(f"{m} {stats[m].p50_ms:.1f}" for m in stats))
-            fns.clear()
-            save_report(report, path)
-    report["exponents"] = fit_exponents(report)
-    save_report(report, path)
-    png = cost_curve_png(report, out / "cost-curve.png") if len(set(sizes)) > 1 else None  # a curve needs 2 sizes
-    (out / "cost-curve.md").write_text(curve_markdown(report) + "\n")
-    log(f"cost curve: {path}, {out / 'cost-curve.md'}{f', {png}' if png else ''}")
-    return {"report": str(path), "png": str(png) if png else None}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ A *row* is one mixer: ``mixer``, ``model``, ``params``, ``macs_224``, ``macs`` (
 size), ``top1``, ``top1_ema``, ``latency_ms`` (``{runtime label: batch-1 p50}``), ``peak_train_mb`` and
 ``train_seconds``. The charts reuse :func:`edgezoo.bench.plot.pareto_png` on the mixers' merged
 benchmark records, one runtime at a time, with the rows' top-1 as the accuracy axis.
-:func:`curve_markdown` renders the cost curve (``cost-curve.json``) with each mixer's own share.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from edgezoo.tables import markdown_table as table
 
-__all__ = ["curve_markdown", "latency_columns", "markdown_table", "pareto_charts", "write_tables"]
+__all__ = ["latency_columns", "markdown_table", "pareto_charts", "write_tables"]
 
 
 def latency_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -48,9 +47,7 @@ def markdown_table(rows: list[dict[str, Any]], img_size: int) -> str:
     """The rows as a Markdown table (latency: batch 1, p50, at the sweep's input size)."""
     runtimes = latency_columns(rows)
     header = _header(runtimes, img_size)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cells(r, runtimes)) + " |" for r in rows]
-    return "\n".join(lines)
+    return table([_cells(r, runtimes) for r in rows], header)
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> dict[str, Path]:
@@ -88,30 +85,3 @@ def pareto_charts(records: list[dict[str, Any]], fingerprint: dict[str, Any], ro
     return paths
 
 
-def curve_markdown(report: dict[str, Any], baseline: str = "none") -> str:
-    """The cost curve as Markdown: p50 ms per mixer and size, the largest size against ``baseline``, and the
-    growth of the mixer's own cost.
-
-    The mixers are about 5% of the macro's MACs at 224 px, so a whole-model slope hides them; the *excess*
-    over the identity baseline (timed interleaved with it at each size) is the mixer's own latency, and
-    ``b`` is its log-log slope in pixels between the two largest sizes (1: linear in pixels, 2: quadratic),
-    shown where both excesses are at least 5% of the baseline (below that it is noise).
-    """
-    ok = [r for r in report["records"] if r.get("status") == "ok"]
-    sizes = sorted({r["img_size"] for r in ok})
-    p50 = {(r["mixer"], r["img_size"]): r["latency_ms"]["p50"] for r in ok}
-    mixers = list(dict.fromkeys(r["mixer"] for r in ok))
-    head = ["mixer", *(f"{s} px" for s in sizes), f"{sizes[-1]} px / {baseline}", "own ms (largest)", "own b"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    big, last = sizes[-2:] if len(sizes) > 1 else (None, sizes[-1])
-    for m in mixers:
-        cells = [f"`{m}`", *(f"{p50[m, s]:.1f}" if (m, s) in p50 else "-" for s in sizes)]
-        base = p50.get((baseline, last))
-        ratio = f"{p50[m, last] / base:.2f}" if base and (m, last) in p50 else "-"
-        own = {s: p50[m, s] - p50[baseline, s] for s in (big, last) if (m, s) in p50 and (baseline, s) in p50}
-        slope = "-"
-        if m != baseline and len(own) == 2 and all(own[s] >= 0.05 * p50[baseline, s] for s in own):
-            slope = f"{np.log(own[last] / own[big]) / np.log((last / big) ** 2):.2f}"
-        cells += [ratio, f"{own[last]:.1f}" if last in own and m != baseline else "-", slope]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

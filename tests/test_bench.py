@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -414,9 +413,7 @@ def test_cost_curve_exponents_and_png(tmp_path) -> None:
     _assert_png(cost_curve_png(report, tmp_path / "curve.png"))
 
 
-def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
-    import runpy
-
+def test_markdown_section_and_docs_splice(tmp_path) -> None:
     from edgezoo.bench.markdown import fastest, markdown
     from edgezoo.bench.report import save_report
 
@@ -442,15 +439,12 @@ def test_markdown_section_and_readme_splice(tmp_path, monkeypatch) -> None:
     for r in older_digits["records"]:
         r["fingerprint"] = "old"
     save_report(older_digits, results / "old-digits.json")  # another machine's fastest paths: after this one's
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n")
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    monkeypatch.setattr(sys, "argv", ["bench_table.py", str(results), "--write", str(readme)])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(str(ROOT / "scripts" / "bench_table.py"), run_name="__main__")
-    assert done.value.code == 0
-    out = readme.read_text()
-    assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- bench:end -->\ntail\n")
+    from edgezoo.pipelines.table_bench import render
+    from edgezoo.pipelines.tables import splice
+
+    page = "# x\n<!-- table:bench:start -->\nold\n<!-- table:bench:end -->\ntail\n"
+    out = splice(page, render(results, tmp_path), "bench")
+    assert "\nold\n" not in out and "**1.00**" in out and out.endswith("<!-- table:bench:end -->\ntail\n")
     assert out.index("`fp`: Test CPU") < out.index("**Fastest faithful path (128 px") < out.index("`old`: Old CPU")
     assert out.count("Old CPU") == 1 and "(80, 32)" in out  # only old's fastest-path part, after fp's
     assert "**Fastest faithful path (128 px, digits-trained models" in out and "(80, 128)" in out
@@ -559,7 +553,7 @@ def _error(capsys, argv: list[str]) -> str:
 
 def test_cli_bad_input_one_line_errors(tmp_path, capsys) -> None:
     assert "did you mean ort" in _error(capsys, ["bench", SMALL, "--runtime", "onnxrt"])
-    assert "--threads must be >= 1" in _error(capsys, ["bench", SMALL, "--threads", "0"])
+    assert "--threads: expected a whole number >= 1" in _error(capsys, ["bench", SMALL, "--threads", "0"])
     assert "--batch takes comma-separated integers" in _error(capsys, ["bench", SMALL, "--batch", "1,x"])
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
@@ -573,7 +567,7 @@ def test_cli_bad_input_one_line_errors(tmp_path, capsys) -> None:
     assert "does not match" in _error(capsys, ["bench", str(wrong)])
     assert "no timm counterpart" in _error(capsys, ["bench", "ez_focalnet_edge_xs", "--compare-timm"])
     assert "name models" in _error(capsys, ["bench"])
-    assert "--repeat must be >= 1 pass" in _error(capsys, ["bench", SMALL, "--repeat", "0"])
+    assert "--repeat: expected a whole number >= 1" in _error(capsys, ["bench", SMALL, "--repeat", "0"])
 
 
 def test_op_profile_counts_kernels_per_run(tmp_path) -> None:

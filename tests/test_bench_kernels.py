@@ -1,5 +1,6 @@
 """The GPU kernel benchmark's tooling, on CPU: ``scripts/bench_kernels.py --smoke`` runs end to end and
-writes a report ``scripts/kernels_table.py`` turns into the README's tables (figures computed, not copied)."""
+writes a report :mod:`edgezoo.pipelines.table_kernels` turns into the kernels page's tables (figures computed,
+not copied)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ def test_bench_kernels_smoke_writes_a_report_the_table_renders(tmp_path: Path) -
         assert "error" not in row, row
         assert row["rel_err_vs_reference" if "fwd" not in row["op"] else "grad_rel_err_vs_reference"] < 1e-2
         assert row["speedup_vs_eager"] == row["eager_ms"] / row["triton_ms"]
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- kernels-gpu:start -->\nold\n<!-- kernels-gpu:end -->\ntail\n")
-    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernels_table.py"),
-                            str(tmp_path / "kernels-smoke-cpu.json"), "--write", str(readme)],
-                           capture_output=True, text=True, timeout=60)
-    assert table.returncode == 0, table.stderr
-    out = readme.read_text()
-    assert "\nold\n" not in out and out.endswith("<!-- kernels-gpu:end -->\ntail\n")
+    from edgezoo.pipelines.table_kernels import render
+    from edgezoo.pipelines.tables import splice
+
+    page = "# x\n<!-- table:kernels-gpu:start -->\nold\n<!-- table:kernels-gpu:end -->\ntail\n"
+    out = splice(page, render(report, "kernels-smoke-cpu.json"), "kernels-gpu")
+    assert "\nold\n" not in out and out.endswith("<!-- table:kernels-gpu:end -->\ntail\n")
     cga = next(r for r in report["ops"] if r["op"] == "cga_attention")
     assert f"| cga_attention | {cga['shape']} | {cga['eager_gpu_ms']:.3f} |" in out
     assert f"{cga['gpu_speedup_vs_eager']:.2f}x" in out

@@ -40,8 +40,13 @@ def tiny_demo(tmp_path_factory) -> tuple[Path, dict, float]:
     kwargs = dict(families=["focal_modulation"], epochs=1, formats=[], jobs=0, progress=False,
                   sets=["data.val_fraction=0.6"], protocol={"warmup": 2, "runs": 20, "max_seconds": 0.5})
     done = run_demo(out, **kwargs)
-    best = out / "runs" / "ez_focalnet_edge_xs-32px-1ep" / "best.pth"
-    return out, {"done": done, "kwargs": kwargs}, best.stat().st_mtime_ns
+    return out, {"done": done, "kwargs": kwargs}, _best(out).stat().st_mtime_ns
+
+
+def _best(out: Path) -> Path:
+    """The demo's checkpoint: ``runs/<model>-<px>px-<epochs>ep-<digest of the recipe overrides>/best.pth``."""
+    (run_dir,) = (out / "runs").glob("ez_focalnet_edge_xs-32px-1ep-*")
+    return run_dir / "best.pth"
 
 
 def test_report_holds_the_measured_values(tiny_demo) -> None:
@@ -52,7 +57,7 @@ def test_report_holds_the_measured_values(tiny_demo) -> None:
     report = (out / "report.md").read_text()
     row = _table_row(report, "ez_focalnet_edge_xs")
     saved = json.loads((out / "report.json").read_text())["results"][0]
-    ckpt = out / "runs" / "ez_focalnet_edge_xs-32px-1ep" / "best.pth"
+    ckpt = _best(out)
     again = validate_checkpoint("ez_focalnet_edge_xs", ckpt, "digits", use_ema=saved["use_ema"],
                                 output=out / "check")
     assert row["val top-1"] == f"{again['top1']:.2f}%"
@@ -67,24 +72,30 @@ def test_report_holds_the_measured_values(tiny_demo) -> None:
     _valid_png(out / "models" / "ez_focalnet_edge_xs" / "confusion.png")
 
 
-def test_resume_reuses_the_trained_model(tiny_demo) -> None:
+def test_resume_reuses_every_finished_stage(tiny_demo) -> None:
+    """Run again with ``--resume``: the runner's records stand for training and benchmark (same settings, same
+    inputs), so nothing runs again and the checkpoint is untouched; a changed setting redoes its stage."""
     from edgezoo.pipelines.demo import run_demo
 
     out, run, mtime = tiny_demo
+    log = out / "models" / "ez_focalnet_edge_xs" / "train.log"
+    before = log.read_text()
     done = run_demo(out, resume=True, **run["kwargs"])
     assert not done["failed"]
-    best = out / "runs" / "ez_focalnet_edge_xs-32px-1ep" / "best.pth"
-    assert best.stat().st_mtime_ns == mtime
-    log = (out / "models" / "ez_focalnet_edge_xs" / "train.log").read_text()
-    assert "demo: reused the finished run" in log
+    assert _best(out).stat().st_mtime_ns == mtime and log.read_text() == before
     saved = json.loads((out / "report.json").read_text())["results"][0]
     assert saved["train"]["reused"] is True and len(saved["train"]["history"]) == 1
+    state = {p.stem: json.loads(p.read_text())["finished"] for p in (out / ".plan").glob("*.json")}
+    run_demo(out, resume=True, **{**run["kwargs"], "protocol": {"warmup": 2, "runs": 10, "max_seconds": 0.5}})
+    after = {p.stem: json.loads(p.read_text())["finished"] for p in (out / ".plan").glob("*.json")}
+    changed = {k for k in after if after[k] != state.get(k)}
+    assert changed == {"ez_focalnet_edge_xs__bench"}, changed  # only the stage whose settings changed
 
 
 @pytest.mark.parametrize("args, words", [
     (["--families", "focal_modulaton"], "unknown demo family name 'focal_modulaton': did you mean focal_modulation"),
     (["--formats", "onnx,tflite"], "unknown demo format 'tflite'"),
-    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--epochs", "0"], "--epochs: expected a whole number >= 1, got 0"),
 ])
 def test_bad_input_is_one_line(args, words, capsys, tmp_path) -> None:
     assert main(["demo", "--out", str(tmp_path / "o"), *args]) == 2
@@ -115,3 +126,11 @@ def test_quick_demo_end_to_end(tmp_path) -> None:
     assert saved[0]["exports"]["onnx-int8"]["parity"]["top1_agreement"] >= 0.95
     runtimes = {r["runtime"] for r in saved[0]["bench"]["records"] if r["status"] == "ok"}
     assert {"torch", "ort", "ort-int8"} <= runtimes
+    # stopped or finished, the same command with --resume runs nothing again: every stage's record stands
+    records = {p.name: p.read_text() for p in (tmp_path / ".plan").glob("*.json")}
+    assert len(records) == 1 + 2 + 1  # train, the ONNX-graph formats together, CoreML, bench
+    again = subprocess.run([sys.executable, "-m", "edgezoo.cli", "demo", "--quick", "--resume", "--out", str(tmp_path),
+                            "-q"], capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p.name: p.read_text() for p in (tmp_path / ".plan").glob("*.json")} == records
+    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["train"]["reused"] is True

@@ -9,8 +9,6 @@ evaluation of its formula, the fp32 precision policy, and export.
 from __future__ import annotations
 
 import re
-import statistics
-import time
 from decimal import Decimal
 
 import pytest
@@ -326,32 +324,3 @@ def test_mixer_exports(name: str) -> None:
 def test_model_exports_to_torch_export_and_onnx(variant: str) -> None:
     model = randomize_(timm.create_model(f"ez_efficientvit_{variant}"))
     _check_export(model, torch.randn(1, 3, 96, 96))
-
-
-@SLOW
-@pytest.mark.parametrize("variant", ["b1"])
-def test_onnxruntime_cpu_not_slower_than_timm(variant: str) -> None:
-    """Batch 1, 224x224, 2 threads; both sessions timed interleaved in one process (median of 60)."""
-    ort = pytest.importorskip("onnxruntime")
-    reference = randomize_(timm.create_model(f"efficientvit_{variant}")).eval()
-    ez = timm.create_model(f"ez_efficientvit_{variant}").eval()
-    ez.load_state_dict(reference.state_dict())
-    x = torch.randn(1, 3, 224, 224)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    sessions = []
-    for model in (ez, reference):
-        proto = torch.onnx.export(model, (x,), dynamo=True, opset_version=18, verbose=False).model_proto
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        sessions.append((session, {session.get_inputs()[0].name: x.numpy()}))
-    times: list[list[float]] = [[], []]
-    for i in range(65):
-        for j in (0, 1) if i % 2 else (1, 0):
-            session, feed = sessions[j]
-            start = time.perf_counter()
-            session.run(None, feed)
-            if i >= 5:
-                times[j].append(time.perf_counter() - start)
-    ratio = statistics.median(times[0]) / statistics.median(times[1])
-    print(f"onnxruntime CPU {variant}: edgezoo/timm latency ratio {ratio:.3f}")
-    assert ratio <= 1.10

@@ -164,3 +164,21 @@ def test_static_export_of_one_window_maps_has_no_partition() -> None:
             program = torch.export.export(model, (x,))
             assert permutes(program) == expected
             assert rel_err(program.module()(x), model(x)) <= TOL
+
+
+def test_kernels_is_the_per_head_kernel_sizes_and_kernel_mode_the_fused_op_mode() -> None:
+    """``kernels=`` keeps the paper's meaning (EfficientViT-M's per-head depthwise kernel sizes); the fused-op
+    mode is ``kernel_mode=``, and a mode given as ``kernels=`` is a one-line error naming the right keyword."""
+    from edgezoo.errors import InvalidArgumentError
+
+    model = timm.create_model("ez_efficientvit_m1", kernels=(3, 3, 3, 3), kernel_mode="reference")
+    cga = next(m for m in model.modules() if isinstance(m, CascadedGroupAttention))
+    head_kernels = [m.kernel_size[0] for m in cga.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert head_kernels == [3] * len(head_kernels) and len(head_kernels) >= 2, head_kernels
+    default = next(m for m in timm.create_model("ez_efficientvit_m1").modules()
+                   if isinstance(m, CascadedGroupAttention))
+    assert [m.kernel_size[0] for m in default.modules() if isinstance(m, nn.Conv2d) and m.groups > 1][:2] == [7, 5]
+    with pytest.raises(InvalidArgumentError, match=r"kernels='triton'.*kernel_mode='triton'"):
+        timm.create_model("ez_efficientvit_m1", kernels="triton")
+    with pytest.raises(InvalidArgumentError, match=r"kernel_mode='cuda' is not a kernel mode"):
+        timm.create_model("ez_efficientvit_m1", kernel_mode="cuda")

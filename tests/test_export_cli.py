@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,22 +117,24 @@ def test_list_formats(capsys) -> None:
     assert "onnx" in out and "tensorrt" in out and "--option opset" in out
 
 
-def test_matrix_table_json_and_readme_section(tmp_path, capsys) -> None:
-    code, out, _ = _run(capsys, "--all", "--models", "ez_efficientvit_m0", "--precisions", "fp32,fp16",
-                        "--img-size", "64", "--out", str(tmp_path))
+def test_matrix_table_json_resume_and_docs_table(tmp_path, capsys) -> None:
+    from edgezoo.pipelines.matrix import markdown_table
+
+    argv = ("--all", "--models", "ez_efficientvit_m0", "--precisions", "fp32,fp16", "--img-size", "64", "--out",
+            str(tmp_path), "--jobs", "0", "-q")
+    code, out, _ = _run(capsys, *argv)
     assert code == 0
     matrix = json.loads((tmp_path / "export-matrix.json").read_text())
     cells = {(r["model"], r["format"], r["precision"]): r["status"] for r in matrix["results"]}
     assert cells == {("ez_efficientvit_m0", "onnx", "fp32"): "verified", ("ez_efficientvit_m0", "onnx", "fp16"):
                      "verified"}
-    assert "onnx fp32" in out and "verified" in out
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- export-matrix:start -->\nold\n<!-- export-matrix:end -->\n")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "export_table.py"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "export-matrix.json"), "--write", str(readme)],
-                   check=True)
-    text = readme.read_text()
-    assert "| `ez_efficientvit_m0` | verified" in text and "old" not in text
+    assert "onnx fp32" in out and "verified" in out and matrix["fingerprint"]["id"]
+    made = {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_efficientvit_m0").iterdir()}
+    code, out, _ = _run(capsys, *argv)  # run again: every cell is recorded, nothing is exported again
+    assert code == 0 and json.loads((tmp_path / "export-matrix.json").read_text())["results"] == matrix["results"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_efficientvit_m0").iterdir()} == made
+    text = markdown_table(matrix)
+    assert "| `ez_efficientvit_m0` | verified" in text and matrix["fingerprint"]["id"] in text
 
 
 @torch.no_grad()

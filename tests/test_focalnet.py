@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import warnings
 
 import pytest
@@ -198,47 +197,3 @@ def test_torch_export_and_onnx_match_pytorch(variant: str, tmp_path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert rel_err(torch.from_numpy(got), expected) <= 1e-4
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed: onnxruntime CPU, batch 1, 2 threads, against timm's same architecture
-# ---------------------------------------------------------------------------------------------
-
-
-def _session(model: torch.nn.Module, path, ort):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), path, opset_version=18, dynamo=True, verbose=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnxruntime_speed_ratio(variant: str, tmp_dir, runs: int = 40) -> float:
-    """Median latency of edgezoo's model over timm's, interleaved in one process (< 1: faster)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    sessions = {
-        "timm": _session(timm.create_model(f"focalnet_{variant}").eval(), tmp_dir / "timm.onnx", ort),
-        "ez": _session(edgezoo.fuse(timm.create_model(f"ez_focalnet_{variant}")), tmp_dir / "ez.onnx", ort),
-    }
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(runs + 3):
-        for key in (("timm", "ez") if i % 2 else ("ez", "timm")):
-            start = time.perf_counter()
-            sessions[key].run(None, feeds[key])
-            if i >= 3:  # warm-up
-                times[key].append(time.perf_counter() - start)
-    return float(np.median(times["ez"]) / np.median(times["timm"]))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["tiny_srf", "tiny_lrf"])
-def test_onnxruntime_cpu_not_slower_than_timm(variant: str, tmp_path) -> None:
-    pytest.importorskip("onnxruntime")
-    ratio = onnxruntime_speed_ratio(variant, tmp_path)
-    print(f"ez_focalnet_{variant} / focalnet_{variant} onnxruntime CPU latency ratio: {ratio:.3f}")
-    assert ratio <= 1.05  # 5% margin for timing noise on a shared CPU

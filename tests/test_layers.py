@@ -3,8 +3,8 @@
 The order, lowest first (a module may import its own layer and the layers below it, never above):
 
 ====  =====================================  ===========================================================
- 0    ``edgezoo.errors``, ``.tables``,        errors, the one table writer, seeding helpers
-      ``.rng``
+ 0    ``edgezoo.errors``, ``.tables``,        errors, the one table writer, seeding helpers, checks on
+      ``.rng``, ``.paths``                    the paths a user names
  1    ``edgezoo.kernels``                     fused ops (custom ops, Triton, TensorRT plugins)
  2    ``edgezoo.blocks``                      plain ``nn.Module`` building blocks
  3    ``edgezoo`` (root: registry, families,  models: what ``import edgezoo`` registers with timm
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Layer of each package, lowest first; ``edgezoo`` is every root module not listed by name.
 LAYERS: dict[str, int] = {
-    "edgezoo.errors": 0, "edgezoo.tables": 0, "edgezoo.rng": 0,
+    "edgezoo.errors": 0, "edgezoo.tables": 0, "edgezoo.rng": 0, "edgezoo.paths": 0,
     "edgezoo.kernels": 1,
     "edgezoo.blocks": 2,
     "edgezoo": 3, "edgezoo.configs": 3,
@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Modules that run on a remote target without edgezoo installed: standard library and numpy only.
-STANDALONE = ("edgezoo.bench.protocol", "edgezoo.bench.fingerprint")
+STANDALONE = ("edgezoo.bench.protocol", "edgezoo.bench.fingerprint", "edgezoo.bench.memory")
 
 #: What ``import edgezoo`` must not pull in (triton arrives through torch and timm: not ours to avoid).
 HEAVY = ("onnx", "onnxruntime", "coremltools", "executorch", "matplotlib", "sklearn", "openvino", "tensorrt",

@@ -1,5 +1,5 @@
 """``edgezoo sweep`` (edgezoo.pipelines.sweep): the tables and charts it writes, how it launches trainings, and
-(slow) a real sweep of two mixers for one epoch on digits, resumed, and the cost curve."""
+(slow) a real sweep of two mixers for one epoch on digits, resumed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgezoo.errors import InvalidArgumentError
-from edgezoo.pipelines.sweep_report import curve_markdown, pareto_charts, write_tables
 from edgezoo.pipelines import sweep as sw
+from edgezoo.pipelines.sweep_report import pareto_charts, write_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,36 +82,6 @@ def test_sweep_two_mixers_one_epoch_on_digits(tmp_path: Path) -> None:
     assert (tmp_path / "sweep.csv").is_file() and "| mala |" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "pareto-ort-fp32.png").read_bytes()[:8] == PNG_MAGIC
     assert result["paths"]["charts"] == [str(tmp_path / "pareto-ort-fp32.png")]
-    logs: list[str] = []
-    sw.sweep(**{**kwargs, "log": logs.append})  # resumable: finished mixers are not trained again
-    assert sum("skipped" in m for m in logs) == 2
-
-
-@pytest.mark.slow
-def test_cost_curve_writes_report_and_chart(tmp_path: Path) -> None:
-    res = sw.cost_curve("s", ["none", "litemla"], (64, 96), tmp_path, log=lambda m: None)
-    report = json.loads(Path(res["report"]).read_text())
-    assert {(r["model"], r["img_size"]) for r in report["records"] if r["status"] == "ok"} == {
-        (f"ez_mix_{m}_s", s) for m in ("none", "litemla") for s in (64, 96)}
-    assert Path(res["png"]).read_bytes()[:8] == PNG_MAGIC
-
-
-def test_curve_markdown_separates_a_quadratic_mixer_from_a_linear_one() -> None:
-    """The table's *own b* is the slope of the mixer's excess over the baseline: 2 for a cost that grows with
-    pixels squared, none shown for a mixer within 5% of the baseline."""
-    def rec(mixer: str, px: int, ms: float) -> dict:
-        return {"mixer": mixer, "img_size": px, "status": "ok", "latency_ms": {"p50": ms}}
-
-    sizes = (256, 512, 1024)
-    base = {s: 10.0 * (s / 256) ** 2 for s in sizes}  # linear in pixels
-    records = [rec("none", s, base[s]) for s in sizes]
-    records += [rec("mhsa", s, base[s] + 2.0 * (s / 256) ** 4) for s in sizes]  # + quadratic in pixels
-    records += [rec("litemla", s, base[s] * 1.02) for s in sizes]
-    records.append({"mixer": "cga", "img_size": 1024, "status": "failed"})
-    table = curve_markdown({"records": records}).splitlines()
-    assert table[0].startswith("| mixer | 256 px | 512 px | 1024 px | 1024 px / none | own ms (largest) | own b |")
-    rows = {line.split(" | ")[0].strip("| `"): line.strip("| ").split(" | ") for line in table[2:]}
-    assert rows["mhsa"][-1] == "2.00" and rows["mhsa"][-2] == "512.0"
-    assert rows["mhsa"][-3] == f"{(160 + 512) / 160:.2f}"
-    assert rows["litemla"][-1] == "-" and rows["litemla"][-3] == "1.02"
-    assert rows["none"][-2:] == ["-", "-"] and "cga" not in rows
+    assert set(result["stages"].values()) == {"done"}
+    again = sw.sweep(**kwargs)  # resumable: the runner's records stand for every stage, nothing runs again
+    assert set(again["stages"].values()) == {"reused"}

@@ -12,10 +12,8 @@ on SIGTERM, exact ``--resume`` (also from the middle of an epoch), and a clean s
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +22,10 @@ import torch.distributed as dist
 from torch import nn
 
 from edgezoo.errors import ConfigError, EdgezooError
+from edgezoo.train.checkpointing import Checkpointing
 from edgezoo.train.config import TrainConfig
-from edgezoo.train.distributed import DistContext, all_gather_objects, all_reduce_sum, setup, teardown
+from edgezoo.train.distributed import DistContext, all_reduce_sum, setup, teardown
+from edgezoo.train.parts import build_parts, create_train_model, model_kwargs, output_dir
 from edgezoo.train.preempt import Preemption
 from edgezoo.train.resume import ResumePlan, final_metrics, plan_resume
 
@@ -34,64 +34,6 @@ __all__ = ["TrainingDivergedError", "create_train_model", "evaluate", "model_kwa
 
 class TrainingDivergedError(EdgezooError, RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is intact."""
-
-
-def output_dir(cfg: TrainConfig) -> Path:
-    """``run.output``, or ``runs/<model>-<dataset>`` when empty."""
-    if cfg.run.output:
-        return Path(cfg.run.output).expanduser()
-    data = "digits" if cfg.data.path == "digits" else (Path(cfg.data.path).name or "data")
-    return Path("runs") / f"{cfg.model.name}-{data}"
-
-
-def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """What ``model.name`` is built with beyond classes and drop rates: ``{"img_size": S}`` for a model
-    whose structure depends on it (``model.img_size``; ``data`` = ``data.img_size``) and whose default
-    differs, else ``{}``. Recorded in every checkpoint (``model_kwargs``), so a loader builds the same net.
-
-    EfficientViT-M built for 224 px and trained at 48 px pads each 3x3 stage map to a 7x7 window
-    (49 tokens for 9); built for 48 px its windows are 3, 2 and 1 (the paper's ``min(7, resolution)``).
-    """
-    import timm
-
-    size = cfg.data.img_size if cfg.model.img_size == "data" else cfg.model.img_size
-    if size is None:
-        return {}
-    with torch.device("meta"):
-        default = timm.create_model(cfg.model.name).pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        if size == default:
-            return {}
-        try:
-            timm.create_model(cfg.model.name, img_size=size)
-        except TypeError as err:  # the model takes no img_size: its structure does not depend on one
-            if "img_size" in str(err):
-                return {}
-            raise
-    return {"img_size": int(size)}
-
-
-def create_train_model(cfg: TrainConfig, num_classes: int | None = None, meta: bool = False,
-                       built: dict[str, Any] | None = None) -> nn.Module:
-    """The model named by ``model.name`` (edgezoo or timm) with the recipe's drop rates, built with
-    ``built`` (a checkpoint's ``model_kwargs``) or else :func:`model_kwargs`."""
-    import timm
-
-    kwargs: dict[str, Any] = dict(model_kwargs(cfg) if built is None else built)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if cfg.model.drop_path is not None:
-        kwargs["drop_path_rate"] = cfg.model.drop_path
-    if cfg.model.drop_rate is not None:
-        kwargs["drop_rate"] = cfg.model.drop_rate
-    pretrained = cfg.model.pretrained and not meta
-    try:
-        with torch.device("meta") if meta else contextlib.nullcontext():
-            return timm.create_model(cfg.model.name, pretrained=pretrained, **kwargs)
-    except TypeError as err:
-        if "drop_path_rate" in str(err) or "drop_rate" in str(err):
-            raise ConfigError(f"{cfg.model.name} does not take a drop rate ({err}); set model.drop_path: null "
-                              f"and model.drop_rate: null") from err
-        raise
 
 
 def _seed_all(seed: int) -> None:
@@ -155,18 +97,14 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-class Trainer:
-    """Everything one run needs; :meth:`fit` trains to ``sched.epochs`` and returns the final metrics."""
+class Trainer(Checkpointing):
+    """One run: its parts (:func:`~edgezoo.train.parts.build_parts`), its checkpoints
+    (:class:`~edgezoo.train.checkpointing.Checkpointing`) and the loop here; :meth:`fit` trains to ``sched.epochs``
+    and returns the final metrics."""
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool | ResumePlan | None = False,
                  preempt: Preemption | None = None) -> None:
-        from timm.data import Mixup
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
-        from timm.utils import ModelEmaV3
-
         from edgezoo.data.datasets import build_data, resolve_data_cfg
-        from edgezoo.train.losses import build_criterion, build_teacher
         from edgezoo.train.state import clean_stale_temp_files
 
         self.cfg, self.ctx = cfg, ctx
@@ -190,59 +128,12 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             clean_stale_temp_files(self.out)
 
-        model = create_train_model(cfg, self.num_classes, built=self.built)
-        if cfg.model.checkpoint:
-            from edgezoo import load_checkpoint
-
-            info = load_checkpoint(model, cfg.model.checkpoint, strict=False)
-            if ctx.is_main and any(info.values()):
-                print(f"model.checkpoint: not loaded {sum(map(len, info.values()))} keys "
-                      f"(e.g. {(info['skipped'] + info['missing'])[:3]})", flush=True)
-        model.to(ctx.device)
-        if cfg.run.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.raw = model
-        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enable else None
-        net = torch.compile(model) if cfg.run.compile else model
-        self.net = net
-        if ctx.distributed:
-            ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        self.train_net = net
-
-        aug = cfg.aug
-        self.mixup = None
-        if aug.mixup > 0 or aug.cutmix > 0:
-            if cfg.data.batch_size % 2:
-                raise ConfigError(f"mixup/cutmix need an even batch size, got {cfg.data.batch_size}")
-            self.mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
-                               switch_prob=aug.mixup_switch_prob, mode=aug.mixup_mode, label_smoothing=aug.smoothing,
-                               num_classes=self.num_classes)
-        teacher = build_teacher(cfg, self.num_classes, ctx.device)
-        if teacher is not None and cfg.run.channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        self.criterion = build_criterion(cfg, teacher, self.mixup is not None)
-
-        o = cfg.optim
-        self.global_batch = cfg.data.batch_size * ctx.world * o.accum_steps
-        self.lr = o.lr if o.lr is not None else o.lr_base * self.global_batch / o.lr_base_size
-        extra = {k: v for k, v in (("betas", tuple(o.betas) if o.betas else None), ("eps", o.eps)) if v is not None}
-        try:
-            self.optimizer = create_optimizer_v2(model, opt=o.opt, lr=self.lr, weight_decay=o.weight_decay,
-                                                 momentum=o.momentum, layer_decay=o.layer_decay, **extra)
-        except (ValueError, AssertionError, KeyError, TypeError) as err:
-            raise ConfigError(f"optim.opt={o.opt!r} is not a timm optimizer, or takes other options ({err})") from err
-        self.updates_per_epoch = math.ceil(self.data.steps_per_epoch / o.accum_steps)
-        s = cfg.sched
-        try:
-            self.scheduler, self.epochs = create_scheduler_v2(
-                self.optimizer, sched=s.name, num_epochs=s.epochs, warmup_epochs=s.warmup_epochs,
-                warmup_lr=s.warmup_lr, min_lr=s.min_lr, cooldown_epochs=s.cooldown_epochs, step_on_epochs=False,
-                updates_per_epoch=self.updates_per_epoch,
-            )
-        except ValueError as err:
-            raise ConfigError(f"sched.name={s.name!r}: {err} Use cosine, step, multistep, tanh or poly") from err
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.run.amp == "fp16")
+        parts = build_parts(cfg, ctx, self.num_classes, self.built, self.data.steps_per_epoch)
+        self.raw, self.ema, self.net, self.train_net = parts.raw, parts.ema, parts.net, parts.train_net
+        self.mixup, self.criterion = parts.mixup, parts.criterion
+        self.optimizer, self.scaler = parts.optimizer, parts.scaler
+        self.scheduler, self.epochs, self.updates_per_epoch = parts.scheduler, parts.epochs, parts.updates_per_epoch
+        self.global_batch, self.lr = parts.global_batch, parts.lr
 
         self.start_epoch, self.num_updates = 0, 0
         self.best_top1, self.best_epoch = -1.0, 0
@@ -253,116 +144,6 @@ class Trainer:
         elif ctx.is_main:
             (self.out / "config.yaml").write_text(cfg.to_yaml())
             (self.out / "metrics.jsonl").write_text("")
-
-    # -- checkpoints ----------------------------------------------------------------------------
-
-    def _state(self, rng: list[Any]) -> dict[str, Any]:
-        from edgezoo import __version__
-
-        state = {
-            "arch": self.cfg.model.name,
-            "model": self.raw.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": len(self.history),  # completed epochs
-            "epochs": self.epochs,
-            "position": None,  # mid-epoch: step, consumed samples, partial loss sums, elapsed seconds
-            "num_updates": self.num_updates,
-            "best_top1": self.best_top1,
-            "best_epoch": self.best_epoch,
-            "history": self.history,
-            "rng": rng,
-            "config": self.cfg.to_dict(),
-            "num_classes": self.num_classes,
-            "classes": self.data.classes,
-            "img_size": self.dcfg["img_size"],
-            "model_kwargs": self.built,  # how the model was built: loaders build it alike
-            "world_size": self.ctx.world,
-            "edgezoo_version": __version__,
-        }
-        if self.ema is not None:
-            state["model_ema"] = self.ema.module.state_dict()
-        return state
-
-    def _resume(self, state: dict[str, Any]) -> None:
-        from edgezoo.train.state import set_rng_state
-
-        self.raw.load_state_dict(state["model"])
-        if self.ema is not None and "model_ema" in state:
-            self.ema.module.load_state_dict(state["model_ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
-        self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
-        self.history = list(state["history"])
-        self.position = state.get("position")
-        rngs = state.get("rng") or []
-        if len(rngs) == self.ctx.world == int(state.get("world_size", len(rngs))):
-            self.scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(rngs[self.ctx.rank])
-        else:
-            self._rescale_schedule(int(state.get("world_size", len(rngs))))
-        self._resume_report()
-
-    def _rescale_schedule(self, old_world: int) -> None:
-        """Another number of processes: the schedule (built for this one's updates per epoch) goes on from
-        the same point of the same epoch, with the lr of the new global batch; the RNG streams restart."""
-        skip = int(self.position["consumed"]) // self.ctx.world if self.position else 0
-        done = min(skip // self.cfg.data.batch_size, self.data.steps_per_epoch)
-        self.num_updates = self.start_epoch * self.updates_per_epoch + done // self.cfg.optim.accum_steps
-        self.scheduler.step_update(num_updates=self.num_updates)
-        if self.ctx.is_main:
-            print(f"resume: checkpoint from {old_world} processes, now {self.ctx.world}: the schedule continues at "
-                  f"update {self.num_updates} of {self.epochs * self.updates_per_epoch} (lr {self._lr():.3g}); "
-                  f"RNG streams restart", flush=True)
-
-    def _resume_report(self) -> None:
-        from edgezoo.train.report import write_metrics
-
-        if self.ctx.is_main:
-            write_metrics(self.out / "metrics.jsonl", self.history)
-            where = (f"in epoch {self.start_epoch + 1}/{self.epochs} after step {self.position['step']}"
-                     if self.position else f"at epoch {self.start_epoch}/{self.epochs}")
-            print(f"resumed {self.last_path} {where}", flush=True)
-
-    def _save(self, improved: bool, position: dict[str, Any] | None = None,
-              partial: dict[str, Any] | None = None) -> None:
-        """Write last.pth (and best.pth when ``improved``); mid-epoch, ``position`` says where, ``partial``
-        holds this process's running loss sum and sample count."""
-        from edgezoo.train.state import get_rng_state, save_training_state
-
-        gathered = all_gather_objects(self.ctx, (get_rng_state(), partial))
-        if not self.ctx.is_main:
-            return
-        state = self._state([rng for rng, _ in gathered])
-        if position is not None:
-            state["position"] = {**position, "loss_sum": [p["loss_sum"] for _, p in gathered],
-                                 "seen": [p["seen"] for _, p in gathered]}
-        save_training_state(self.last_path, state)
-        if improved:
-            save_training_state(self.best_path, state)
-
-    def _save_position(self, epoch: int, step: int, loss_sum: torch.Tensor, seen: int, elapsed: float) -> None:
-        """A mid-epoch last.pth: ``step`` batches of epoch ``epoch`` (0-based) are done."""
-        consumed = step * self.cfg.data.batch_size * self.ctx.world
-        self._save(False, position={"step": step, "consumed": consumed, "elapsed": elapsed},
-                   partial={"loss_sum": float(loss_sum.item()), "seen": seen})
-        self.preempt.saved()
-
-    def _partial_sums(self, position: dict[str, Any] | None) -> tuple[torch.Tensor, int]:
-        """This process's running loss sum and count restored from a mid-epoch checkpoint.
-
-        With another number of processes than the checkpoint's, process 0 carries the whole sum.
-        """
-        sums, seen = [0.0], [0]
-        if position is not None:
-            sums, seen = list(position["loss_sum"]), list(position["seen"])
-        if len(sums) == self.ctx.world:
-            mine, count = sums[self.ctx.rank], seen[self.ctx.rank]
-        else:
-            mine, count = (sum(sums), sum(seen)) if self.ctx.is_main else (0.0, 0)
-        return torch.tensor(mine, dtype=torch.float64), int(count)
 
     # -- one epoch ------------------------------------------------------------------------------
 
@@ -506,7 +287,6 @@ class Trainer:
             print(f"done: best top-1 {self.best_top1:.2f} at epoch {self.best_epoch}; checkpoints in {self.out}",
                   flush=True)
         return final
-
 
     def _target_reached(self) -> bool:
         """``run.stop_at_top1`` reached (every process computes the same all-reduced top-1)."""

@@ -20,7 +20,17 @@ from edgezoo import efficientvit_mit  # noqa: F401  isort: skip
 from edgezoo import focalnet  # noqa: F401  isort: skip
 from edgezoo import mix  # noqa: F401  isort: skip
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version: ``pyproject.toml`` is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgezoo")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "FAMILIES",

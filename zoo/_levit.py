@@ -18,7 +18,7 @@ from edgezoo._base import StagedBackbone
 from edgezoo.blocks.conv_bn import BNLinear
 from edgezoo.errors import ConfigError
 
-__all__ = ["LevitStage", "LevitStyleNet", "drop_path_rates", "levit_state_dict"]
+__all__ = ["LevitStage", "LevitStyleNet", "levit_state_dict"]
 
 
 class LevitStyleNet(StagedBackbone):
@@ -75,17 +75,6 @@ class LevitStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
-
-
-def drop_path_rates(depth: tuple[int, ...], rate: float) -> list[list[float]]:
-    """Stochastic depth rising linearly over all blocks, split per stage."""
-    total = sum(depth)
-    rates = [rate * i / max(total - 1, 1) for i in range(total)]
-    out, start = [], 0
-    for d in depth:
-        out.append(rates[start:start + d])
-        start += d
-    return out
 
 
 

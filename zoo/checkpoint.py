@@ -21,7 +21,7 @@ from torch import nn
 from edgezoo.errors import CheckpointError
 from edgezoo.registry import find_spec
 
-__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict", "save_atomic"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_checkpoint", "read_state_dict", "save_atomic"]
 
 #: Keys under which training scripts nest the weights, most specific first.
 _NESTED_KEYS = ("state_dict", "model", "module", "net", "network", "params")
@@ -29,7 +29,13 @@ _EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-def _read_file(path: Path) -> Any:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """The object a checkpoint file holds (``torch.load`` with ``weights_only=True``, or safetensors' tensors),
+    else a one-line :class:`CheckpointError` saying the file is missing or is not a checkpoint.
+
+    ``mmap``: map a zip-format file instead of reading it (fast for reading a few metadata keys).
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -37,6 +43,11 @@ def _read_file(path: Path) -> Any:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # a legacy (non-zip) file cannot be mapped: read it whole below
+                pass
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch and safetensors raise many types for a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -61,7 +72,7 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Read a checkpoint file and return its weights as a flat ``{key: tensor}`` dict."""
-    return _weights(_read_file(Path(path)), path, use_ema)
+    return _weights(read_checkpoint(path), path, use_ema)
 
 
 def _weights(obj: Any, path: str | os.PathLike, use_ema: bool) -> dict[str, torch.Tensor]:
@@ -156,7 +167,7 @@ def load_checkpoint(
     Returns:
         ``{"missing": [...], "unexpected": [...], "skipped": [...]}`` (all empty when strict).
     """
-    obj = _read_file(Path(path))
+    obj = read_checkpoint(Path(path))
     state_dict = _weights(obj, path, use_ema)
     built = obj.get("model_kwargs") if isinstance(obj, Mapping) else None
     if strict and isinstance(built, Mapping):  # edgezoo's training checkpoint: a resize in _remap changes its function

@@ -34,7 +34,7 @@ from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier, make_divisible
+from timm.layers import calculate_drop_path_rates, create_classifier, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -151,7 +151,7 @@ class MobileNetV2(StagedBackbone):
         chs = make_divisible(32 * width_mult, 8)
         self.stem = ConvBNAct(in_chans, chs, 3, stride=2, act_layer=nn.ReLU6)
         num_blocks = sum(n for _, _, n, _ in self.SETTINGS)
-        dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        dpr = calculate_drop_path_rates(drop_path_rate, num_blocks)
         stages, self.feature_info, stride, idx = [], [], 2, 0
         for i, (t, c, n, s) in enumerate(self.SETTINGS):
             out = make_divisible(c * width_mult, 8)

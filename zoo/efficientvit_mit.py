@@ -21,7 +21,7 @@ from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import SelectAdaptivePool2d, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -209,7 +209,7 @@ class EfficientViT(StagedBackbone):
         self.stem = nn.Sequential(stem)
 
         n_blocks = sum(c.depth for c in stages_cfg)
-        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
+        dpr = calculate_drop_path_rates(drop_path_rate, n_blocks)
         stages, self.feature_info, chs, stride, start = [], [], widths[0], 2, 0
         for i, (cfg, out_chs) in enumerate(zip(stages_cfg, widths[1:], strict=True)):
             stages.append(EfficientViTStage(chs, out_chs, cfg, head_dim, norm_layer, act_layer, mixer, mixer_kwargs,

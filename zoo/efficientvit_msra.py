@@ -3,7 +3,7 @@ Cascaded Group Attention", CVPR 2023; microsoft/Cream).
 
 Layout: 16x conv stem -> three stages of sandwich blocks (DW -> FFN -> cascaded group attention
 -> DW -> FFN), stages 1-2 opened by DW -> FFN -> PatchMerging -> DW -> FFN -> average pool ->
-BN + Linear. The trunk and head are :class:`edgezoo.shvit.LevitStyleNet`, shared with SHViT.
+BN + Linear. The trunk and head are :class:`edgezoo._levit.LevitStyleNet`, shared with SHViT.
 
 Attention windows: each stage's window is ``min(7, its feature size at img_size)`` (224 ->
 7, 7, 4), which fixes the shape of the bias tables; other input sizes pad and partition into
@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resize_rel_pos_bias_table_levit, to_2tuple
+from timm.layers import calculate_drop_path_rates, resize_rel_pos_bias_table_levit, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from edgezoo._base import feature_cfg
-from edgezoo._levit import LevitStage, LevitStyleNet, drop_path_rates, levit_state_dict
+from edgezoo._levit import LevitStage, LevitStyleNet, levit_state_dict
 from edgezoo.blocks.cascaded import CascadedGroupAttention
 from edgezoo.blocks.levit_common import SandwichBlock, StageDownsample, Stem16
 from edgezoo.errors import ConfigError
@@ -66,7 +66,7 @@ class EfficientViTM(LevitStyleNet):
         resolution = min(to_2tuple(img_size)) // 16
         if resolution < 1:
             raise ConfigError(f"img_size {img_size} is below the stem's stride 16: use at least 16")
-        dpr = drop_path_rates(depth, drop_path_rate)
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)
         stages, self.feature_info, prev = [], [], embed_dim[0]
         for i, (dim, d, heads) in enumerate(zip(embed_dim, depth, num_heads, strict=True)):
             down = None

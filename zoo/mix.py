@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d
+from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -110,7 +110,7 @@ class MixNet(StagedBackbone):
         w = cfg.widths
         self.stem = ConvNormAct(in_chans, w[0], 3, 2, act_layer=GELU)
         n_meta = cfg.depths[2] + cfg.depths[3]
-        dpr = [drop_path_rate * i / max(n_meta - 1, 1) for i in range(n_meta)]
+        dpr = calculate_drop_path_rates(drop_path_rate, n_meta)
         stages, self.feature_info, chs, stride = [], [], w[0], 2
         for i, (out_chs, depth) in enumerate(zip(w[1:], cfg.depths, strict=True)):
             stride *= 2

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from edgezoo._base import feature_cfg
-from edgezoo._levit import LevitStage, LevitStyleNet, drop_path_rates, levit_state_dict
+from edgezoo._levit import LevitStage, LevitStyleNet, levit_state_dict
 from edgezoo.blocks.levit_common import SandwichBlock, StageDownsample, Stem16
 from edgezoo.blocks.single_head import SHSA
 from edgezoo.errors import ConfigError
@@ -57,7 +58,7 @@ class SHViT(LevitStyleNet):
             raise ConfigError("a classifier needs pooled features: pass global_pool='avg' with num_classes > 0")
         self.in_chans = in_chans
         self.stem = Stem16(in_chans, embed_dim[0])
-        dpr = drop_path_rates(depth, drop_path_rate)
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depth), stagewise=True)
         stages, self.feature_info, prev = [], [], embed_dim[0]
         for i, (dim, pdim, d, t) in enumerate(zip(embed_dim, partial_dim, depth, types, strict=True)):
             down = StageDownsample(prev, dim) if i > 0 else None

@@ -1,17 +1,17 @@
 """The fastest faithful CPU path of each family: digits-trained models on every CPU runtime, agreement-gated.
 
-    python scripts/fastest_path.py --json results/bench/          # make bench-digits
-    python scripts/fastest_path.py --train-only                    # just train (cached) checkpoints
-    python scripts/fastest_path.py --checkpoints demo-out/runs/*/best.pth   # time checkpoints you have
-    python scripts/fastest_path.py --img-size 128 --models ez_shvit_s1     # train and time at 128 px
+    python -m edgezoo.pipelines.fastest_path --json results/bench/          # make bench-digits
+    python -m edgezoo.pipelines.fastest_path --train-only                    # just train (cached) checkpoints
+    python -m edgezoo.pipelines.fastest_path --checkpoints demo-out/runs/*/best.pth   # time checkpoints you have
+    python -m edgezoo.pipelines.fastest_path --img-size 128 --models ez_shvit_s1     # train and time at 128 px
 
 One model of each family is trained briefly on digits at the small sizes digits suit (the same rows
-and cached checkpoints as ``scripts/int8_table.py``: `edgezoo.train.train_digits`, seeded, under
+and cached checkpoints as :mod:`edgezoo.pipelines.int8`: `edgezoo.train.train_digits`, seeded, under
 ``--work``), then benchmarked with :func:`edgezoo.bench.bench` on
 onnxruntime fp32 / int8, OpenVINO fp32 / int8 / bf16 and ExecuTorch fp32 / int8, each batch-1 record
 with its top-1 agreement with PyTorch on every held-out digits image. The report is
-``<fingerprint>-digits.json`` (``-digits-<S>px.json`` with ``--img-size S``); the README's speed section
-(``scripts/bench_table.py``) names, per family, the fastest record whose agreement is at least 99% and
+``<fingerprint>-digits.json`` (``-digits-<S>px.json`` with ``--img-size S``); the runtime tables page
+(:mod:`edgezoo.pipelines.table_bench`) names, per family, the fastest record whose agreement is at least 99% and
 its speed-up over onnxruntime fp32.
 
 A model's runtimes are timed *interleaved* (``bench(interleave_runtimes=True)``: turns of 10 calls,
@@ -32,7 +32,8 @@ RUNTIMES = "torch,ort,ort-int8,openvino,executorch"
 
 
 def main() -> int:
-    from int8_table import ROWS, _train  # scripts/ is on sys.path when a script runs
+    from edgezoo.pipelines.int8 import ROWS, train_stages
+    from edgezoo.pipelines.runner import Plan, run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="results/bench/", help="report file or folder (default results/bench/)")
@@ -57,10 +58,16 @@ def main() -> int:
     args = parser.parse_args()
     rows = [(m, e, args.img_size or size) for m, e, size in ROWS if not args.models or m in args.models.split(",")]
     ckpts = list(args.checkpoints or [])
-    for name, epochs, size in [] if ckpts else rows:
-        ckpt, top1 = _train(name, epochs, size, args.work)
-        print(f"{name}: {epochs} epochs at {size} px, top-1 {top1:.1f}% ({ckpt})", flush=True)
-        ckpts.append(ckpt)
+    if not ckpts:  # train (or reuse) the rows' checkpoints through the runner, the int8 table's stages
+        trains = train_stages(rows, args.work)
+        outcomes = run(Plan(trains, args.work / ".plan-int8"), desc="train")
+        for (name, epochs, size), stage in zip(rows, trains, strict=True):
+            result = outcomes[stage.name].result
+            if result is None:
+                raise SystemExit(f"{name}: training failed: {outcomes[stage.name].error}")
+            print(f"{name}: {epochs} epochs at {size} px, top-1 {result['top1']:.1f}% ({result['checkpoint']})",
+                  flush=True)
+            ckpts.append(result["checkpoint"])
     if args.train_only:
         return 0
 

@@ -1,13 +1,11 @@
-"""Generate the README's speed section from the JSON ``make bench`` writes under results/bench/.
-
-    python scripts/bench_table.py results/bench                    # print it (newest fingerprint)
-    python scripts/bench_table.py results/bench --write README.md  # splice it between the bench markers
+"""The runtime tables of the benchmarking docs, rendered from the JSON ``make bench`` writes under results/bench/
+(``python -m edgezoo.pipelines.tables bench``).
 
 A folder is read as ``<id>.json`` (every runtime), ``<id>-timm.json`` (``--compare-timm``) and
 ``<id>-sizes.json`` (the cost curve, drawn beside it as ``<id>-sizes.png``) for the fingerprint id whose
 main report is newest, or the one given with ``--fingerprint``; a kind of report that machine has none
 of is taken from the newest machine that has one (its footer names it). The fastest-faithful-path
-reports ``<id>-digits.json`` and ``<id>-digits-<S>px.json`` (``scripts/fastest_path.py``: digits-trained
+reports ``<id>-digits.json`` and ``<id>-digits-<S>px.json`` (:mod:`edgezoo.pipelines.fastest_path`: digits-trained
 models, agreement-gated) come from every machine: that machine's first, then the others', newest first,
 since which path wins depends on the CPU (int8 pays with VNNI, not without).
 "Newest" is the last run a report records (``finished``, or its latest ``merged_runs``), never a file's
@@ -16,14 +14,9 @@ modification time, which a fresh clone sets to the moment of checkout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
-
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-
 
 _SUFFIXES = ("", "-timm", "-sizes")
 
@@ -72,22 +65,14 @@ def _finished(path: Path) -> str:
     return max([report.get("finished", ""), *(r.get("finished", "") for r in report.get("merged_runs", []))])
 
 
-def main() -> int:
-    from _readme import emit  # scripts/ is on sys.path when a script runs
+def render(folder: Path, page_dir: Path, fingerprint: str | None = None) -> str:
+    """The section for the machine whose main report is newest (or ``fingerprint``'s), charts linked relative
+    to ``page_dir``."""
+    import os
 
     from edgezoo.bench.markdown import markdown
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="results/bench")
-    parser.add_argument("--fingerprint", help="which machine's reports (default: the newest)")
-    parser.add_argument("--write", type=Path, metavar="README")
-    args = parser.parse_args()
-    (runtimes, timm, sizes, digits), png = _reports(args.folder, args.fingerprint)
-    if args.write and png:
-        png = str(Path(png).resolve().relative_to(args.write.resolve().parent))
-    emit(markdown(runtimes, timm, sizes, png, digits=digits), args.write, START, END)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    (runtimes, timm, sizes, digits), png = _reports(folder, fingerprint)
+    if png:
+        png = Path(os.path.relpath(Path(png).resolve(), page_dir.resolve())).as_posix()
+    return markdown(runtimes, timm, sizes, png, digits=digits)

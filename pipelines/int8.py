@@ -1,6 +1,6 @@
-"""Train a few models briefly on digits, export them int8, and write the README's int8 table.
+"""The int8 table's measurements: train a few models briefly on digits, export them int8, write the JSON.
 
-    python scripts/int8_table.py --json results/int8.json --write README.md    # make int8-table
+    python -m edgezoo.pipelines.int8 --json results/int8.json    # make int8-table (then make tables)
 
 Each row: a model trained on digits (`edgezoo.train.train_digits`, seeded), exported by
 `edgezoo.export.export` to ONNX int8 with each QDQ placement and to ExecuTorch int8; the cells are
@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-START, END = "<!-- int8-table:start -->", "<!-- int8-table:end -->"
+from edgezoo.pipelines.runner import Plan, Stage, run
+from edgezoo.tables import markdown_table
 
 #: (model, epochs, image size): one CNN-attention model, three ViT families, FocalNet. The epochs bring
 #: each to 96.7-98.9% val top-1 at these sizes. FocalNet edge-XS and EfficientViT-B0 need 8: after 3 they
@@ -34,32 +35,38 @@ ROWS = [
 CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {})]
 
 
-def _train(name: str, epochs: int, size: int, work: Path) -> tuple[str, float]:
+def train_stage(model: str, epochs: int, img_size: int, work: str) -> dict[str, Any]:
+    """Train ``model`` on digits into ``work`` (continuing a run a kill stopped): its checkpoint and top-1."""
     from edgezoo.train import train_digits
 
-    folder = work / f"{name}-{size}px-{epochs}ep"
-    done = folder / "result.json"
-    if not done.is_file():
-        final = train_digits(name, epochs=epochs, img_size=size, output=str(folder), resume=True,  # after a kill
-                             run__progress=False)
-        top1 = max(final["val_top1"], final.get("ema_val_top1", 0.0))
-        done.write_text(json.dumps({"checkpoint": str(final["checkpoint"]), "top1": top1}))
-    result = json.loads(done.read_text())
-    return result["checkpoint"], result["top1"]
+    folder = Path(work) / f"{model}-{img_size}px-{epochs}ep"
+    final = train_digits(model, epochs=epochs, img_size=img_size, output=str(folder), resume=True,
+                         run__progress=False)
+    return {"checkpoint": str(final["checkpoint"]), "top1": max(final["val_top1"], final.get("ema_val_top1", 0.0))}
 
 
-def _cell(ckpt: str, fmt: str, options: dict[str, Any], out: Path, fp32_size: dict[str, int]) -> dict[str, Any]:
+def train_stages(rows: list[tuple[str, int, int]], work: Path) -> list[Stage]:
+    """The training stages of ``rows`` (shared by the int8 table and the fastest-path benchmark: the same
+    names and settings, so a model trained for one is reused by the other)."""
+    return [Stage(f"{m}/train-{s}px-{e}ep", train_stage, dict(model=m, epochs=e, img_size=s, work=str(work)),
+                  cost=e * s, affinity=m) for m, e, s in rows]
+
+
+def cell_stage(fmt: str, options: dict[str, Any], out: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """One int8 cell: the trained checkpoint exported int8 to ``fmt`` with ``options``, against its fp32 size."""
     from edgezoo.export import export
+    from edgezoo.pipelines.cache import prepared
 
-    if fmt not in fp32_size:
-        fp32_size[fmt] = export(ckpt, fmt, out / "fp32").size_bytes or 0
-    res = export(ckpt, fmt, out, int8=True, calib="digits", **options)
+    (trained,) = inputs.values()
+    src = prepared(trained["checkpoint"])
+    fp32_size = export(src, fmt, Path(out) / "fp32").size_bytes or 0
+    res = export(src, fmt, out, int8=True, calib="digits", **options)
     p, fb = res.parity, res.notes.get("int8_fallback") or {}
     return {"format": fmt, "options": options, "status": res.status, "agreement": p.get("top1_agreement"),
             "float_tensors": len(fb["tensors"]) if fb else None, "candidates": fb.get("candidates"),
             "kernels": p.get("top1_agreement_ort_cpu_kernels"), "flips": p.get("top1_flips"),
             "decisive": p.get("decisive_flips"), "images": p.get("images"), "size": res.size_bytes,
-            "fp32_size": fp32_size[fmt], "seconds": round(res.seconds, 1), "error": res.error}
+            "fp32_size": fp32_size, "seconds": round(res.seconds, 1), "error": res.error}
 
 
 def _fmt(c: dict[str, Any]) -> str:
@@ -78,11 +85,8 @@ def _fmt(c: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK"]
-    lines = [f"| {' | '.join(head)} |", f"|{'---|' * len(head)}"]
-    for r in rows:
-        cells = [_fmt(c) for c in r["cells"]]
-        row = f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)"
-        lines.append(f"| {row} | {' | '.join(cells)} |")
+    lines = [markdown_table([[f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)",
+                              *(_fmt(c) for c in r["cells"])] for r in rows], head)]
     images = {c["images"] for r in rows for c in r["cells"] if c.get("images")}
     lines.append("")
     lines.append(f"Top-1 agreement with fp32 on {', '.join(map(str, sorted(images)))} held-out digits (ONNX: "
@@ -96,32 +100,50 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=Path("results/int8.json"))
     parser.add_argument("--work", type=Path, default=Path("runs/int8-table"))
-    parser.add_argument("--write", type=Path, metavar="README")
     parser.add_argument("--models", help="comma-separated subset of the rows")
-    parser.add_argument("--render", action="store_true", help="only re-render the table from --json")
+    parser.add_argument("--jobs", type=int, help="worker processes (default: the cores; 0: in this process)")
     args = parser.parse_args()
-    if args.render:
-        saved = json.loads(args.json.read_text())
-        return _write(markdown(saved["rows"], saved["machine"]), args.write)
     from edgezoo.export.onnx import cpu_has_vnni
     from edgezoo.pipelines.matrix import machine as describe
 
     machine = f"{describe()}, VNNI {cpu_has_vnni()}, {time.strftime('%Y-%m-%d')}"
     wanted = set(args.models.split(",")) if args.models else None
     kept = _kept_rows(args.json, wanted)
-    rows: list[dict[str, Any]] = []
-    for name, epochs, size in ROWS:
-        if wanted and name not in wanted:
+    chosen = [r for r in ROWS if not wanted or r[0] in wanted]
+    trains = train_stages(chosen, args.work)
+    stages = list(trains)
+    for (name, _, _), train in zip(chosen, trains, strict=True):
+        stages += [Stage(f"{name}/{fmt}-{opts.get('int8_scheme', 'xnnpack')}", cell_stage, dict(
+            fmt=fmt, options=opts, out=str(args.work / "exported" / name)), needs=(train.name,), affinity=name)
+            for fmt, opts in CELLS]
+    done: dict[str, Any] = {}
+
+    def landed(name: str, outcome: Any) -> None:
+        done[name] = outcome
+        rows = _rows(chosen, trains, stages, done)
+        if rows:
+            args.json.parent.mkdir(parents=True, exist_ok=True)  # written as cells land: a kill loses one cell
+            args.json.write_text(json.dumps({"machine": machine, "rows": _in_order(rows, kept)}, indent=2))
+
+    run(Plan(stages, args.work / ".plan-int8"), jobs=args.jobs, desc="int8 table", on_outcome=landed)
+    print(markdown(_in_order(_rows(chosen, trains, stages, done), kept), machine))
+    print(f"{args.json}: the docs' int8 table is rendered from it by `make tables`")
+    return 0
+
+
+def _rows(chosen: list[tuple[str, int, int]], trains: list[Stage], stages: list[Stage],
+          done: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's rows whose training and every cell have finished (failed cells carry their error)."""
+    rows = []
+    for (name, epochs, size), train in zip(chosen, trains, strict=True):
+        cells = [s for s in stages if s.needs == (train.name,)]
+        if train.name not in done or any(c.name not in done for c in cells) or done[train.name].result is None:
             continue
-        ckpt, top1 = _train(name, epochs, size, args.work)
-        out = args.work / "exported" / name
-        fp32_size: dict[str, int] = {}
-        cells = [_cell(ckpt, fmt, opts, out, fp32_size) for fmt, opts in CELLS]
-        rows.append({"model": name, "epochs": epochs, "img_size": size, "top1": top1, "cells": cells})
-        print(f"{name}: " + " | ".join(_fmt(c) for c in cells), flush=True)
-        args.json.parent.mkdir(parents=True, exist_ok=True)  # written after every row: a kill loses one row
-        args.json.write_text(json.dumps({"machine": machine, "rows": _in_order(rows, kept)}, indent=2))
-    return _write(markdown(_in_order(rows, kept), machine), args.write)
+        row_cells = [done[c.name].result or {"format": c.settings["fmt"], "status": "failed", "agreement": None,
+                                             "error": done[c.name].error} for c in cells]
+        rows.append({"model": name, "epochs": epochs, "img_size": size, "top1": done[train.name].result["top1"],
+                     "cells": row_cells})
+    return rows
 
 
 def _kept_rows(path: Path, wanted: set[str] | None) -> list[dict[str, Any]]:
@@ -135,16 +157,6 @@ def _in_order(rows: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[di
     """This run's rows and the kept ones (other models), in the order of :data:`ROWS`."""
     order = {name: i for i, (name, _, _) in enumerate(ROWS)}
     return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
-
-
-def _write(table: str, readme: Path | None) -> int:
-    if readme:
-        from _readme import splice
-
-        readme.write_text(splice(readme.read_text(), table, START, END))
-    else:
-        print(table)
-    return 0
 
 
 if __name__ == "__main__":
