@@ -3,15 +3,31 @@
 BatchNorm after a conv (or before a linear) is an affine map per channel, so at inference it
 can be merged into the neighbouring weights (Ioffe & Szegedy, ICML 2015; the folding used by
 every re-parameterised edge model since, e.g. RepVGG, CVPR 2021). ``fuse()`` on these blocks
-returns the merged layer; :func:`edgezoo.fuse` calls it everywhere in a model.
+returns the merged layer. :func:`edgezoo.fuse` and timm's ``reparameterize_model`` reach every
+module the same way, by calling each child's ``fuse()``, so every conv -> BN pair of a model
+must be folded by a ``fuse()`` of one of the modules holding it: a block that calls its conv and
+BN by attribute folds them with :func:`fold_pair`, a ``Sequential`` with :func:`fold_sequential`
+(:class:`ConvBNAct`), and a pair held by a model's root, whose own ``fuse()`` nobody calls, by a
+:class:`FoldingBatchNorm2d`.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
-__all__ = ["BNLinear", "ConvBN", "fold_pair", "fuse_bn_linear", "fuse_conv_bn"]
+__all__ = [
+    "BNLinear",
+    "ConvBN",
+    "ConvBNAct",
+    "FoldingBatchNorm2d",
+    "fold_pair",
+    "fold_sequential",
+    "fuse_bn_linear",
+    "fuse_conv_bn",
+]
 
 
 def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +81,58 @@ def fold_pair(module: nn.Module, conv_name: str, bn_name: str) -> None:
     if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
         setattr(module, conv_name, fuse_conv_bn(conv, bn))
         setattr(module, bn_name, nn.Identity())
+
+
+def fold_sequential(seq: nn.Sequential) -> None:
+    """Fold every ``Conv2d`` directly followed by a ``BatchNorm2d`` in ``seq`` (in place; a Sequential's order
+    is its forward order)."""
+    for first, second in itertools.pairwise(list(seq._modules)):
+        fold_pair(seq, first, second)
+
+
+class ConvBNAct(nn.Sequential):
+    """``conv`` (no bias) -> ``bn`` -> ``act``, named so; ``fuse()`` folds the BN into the conv in place.
+
+    ``padding`` keeps the spatial size for stride 1 (odd kernels).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
+                 act_layer: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, (kernel_size - 1) // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        self.act = act_layer(inplace=True)
+
+    def fuse(self) -> ConvBNAct:
+        fold_sequential(self)
+        return self
+
+
+class FoldingBatchNorm2d(nn.BatchNorm2d):
+    """A ``BatchNorm2d`` that knows the conv it follows: ``fuse()`` folds it into that conv, returns ``Identity``.
+
+    For a conv -> BN pair held by a model's root (timm's ResNet stem, ``conv1`` -> ``bn1``): timm's
+    ``reparameterize_model`` calls ``fuse()`` on children only, so the fold lives on the BN, which then
+    changes the conv in place (a bias appears). The conv is referenced, not registered, so the state dict
+    and the parameters keep the parent's names.
+    """
+
+    @classmethod
+    def following(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FoldingBatchNorm2d:
+        """A copy of ``bn`` (state included) that folds into ``conv``."""
+        w = bn.running_mean if bn.running_mean is not None else bn.weight
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                  device=w.device, dtype=w.dtype)
+        new.load_state_dict(bn.state_dict())
+        object.__setattr__(new, "_conv", conv)  # a plain reference: nn.Module.__setattr__ would register it
+        return new
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Identity:
+        fused = fuse_conv_bn(self._conv, self)
+        self._conv.weight.copy_(fused.weight)
+        self._conv.bias = fused.bias
+        return nn.Identity()
 
 
 class ConvBN(nn.Sequential):

@@ -360,8 +360,10 @@ def rope_2d(h: int, w: int, dim: int, base: float, like: torch.Tensor) -> tuple[
     quarter = dim // 4
     dt = torch.float64 if like.dtype == torch.float64 else torch.float32
     theta = base ** (-torch.arange(quarter, device=like.device, dtype=dt) / quarter)
-    ys = torch.arange(h, device=like.device, dtype=dt).repeat_interleave(w)
-    xs = torch.arange(w, device=like.device, dtype=dt).repeat(h)
+    # the grid by broadcasting: with a dynamic size, torch's dynamo ONNX export of ``repeat_interleave(w)`` /
+    # ``repeat(h)`` gave rows of different lengths (onnxruntime: Concat's "non concat axis dimensions must match")
+    ys = torch.arange(h, device=like.device, dtype=dt)[:, None].expand(h, w).reshape(-1)
+    xs = torch.arange(w, device=like.device, dtype=dt)[None, :].expand(h, w).reshape(-1)
     angle = torch.cat([theta[:, None] * ys[None], theta[:, None] * xs[None]]).repeat_interleave(2, dim=0)
     return angle.cos().to(like.dtype), angle.sin().to(like.dtype)
 

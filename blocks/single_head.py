@@ -10,8 +10,10 @@ Resolution: SHSA has no positional bias, so any input size works unchanged (glob
 over however many tokens the map has).
 
 Deploy form (``fuse()``): the GroupNorm's affine and the ``qk_dim**-0.5`` scale are folded into
-the qkv conv (the norm keeps only its per-sample standardisation, run as one LayerNorm over the
-flattened slice), the qkv projection runs token-flattened as a 1x1 Conv1d, and both Conv-BN fold.
+the qkv conv (the norm keeps only its per-sample standardisation: a ``GroupNorm(1)`` without affine
+on the flattened slice, which both torch ONNX exporters take at any input size; a LayerNorm over
+``x.shape[1:]`` has a shape the TorchScript exporter cannot make constant), the qkv projection runs
+token-flattened as a 1x1 Conv1d, and both Conv-BN fold.
 The transposes around the two attention matmuls are left to the runtime (onnxruntime folds
 them into its ``FusedMatMul``), and the softmax runs over the last axis.
 """
@@ -54,9 +56,8 @@ class SHSA(nn.Module):
         B, _, H, W = x.shape
         x1, x2 = torch.split(x, [self.pdim, self.dim - self.pdim], dim=1)
         split = [self.qk_dim, self.qk_dim, self.pdim]
-        if self.fused:  # token-major from here on: one reshape, and GroupNorm(1) is a LayerNorm over (C, N)
-            x1 = x1.flatten(2)
-            q, k, v = self.qkv(F.layer_norm(x1, x1.shape[1:], eps=self.norm_eps)).split(split, dim=1)
+        if self.fused:  # token-major from here on: one reshape, and the norm's affine is in qkv
+            q, k, v = self.qkv(self.pre_norm(x1.flatten(2))).split(split, dim=1)
         else:
             q, k, v = self.qkv(self.pre_norm(x1)).flatten(2).split(split, dim=1)
             q = q * self.scale
@@ -71,7 +72,7 @@ class SHSA(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> SHSA:
-        """Fold BN into both convs, GroupNorm's affine and the q scale into qkv (in place)."""
+        """Fold BN into both convs, GroupNorm's affine and the q scale into qkv (in place): the norm keeps no affine."""
         if self.fused:
             return self
         conv = self.qkv.fuse() if isinstance(self.qkv, ConvBN) else self.qkv
@@ -84,8 +85,7 @@ class SHSA(nn.Module):
         self.qkv = nn.Conv1d(self.pdim, conv.out_channels, 1, device=conv.weight.device, dtype=conv.weight.dtype)
         self.qkv.weight.copy_(conv.weight[..., 0])
         self.qkv.bias.copy_(conv.bias)
-        self.norm_eps = self.pre_norm.eps
-        del self.pre_norm
+        self.pre_norm = nn.GroupNorm(1, self.pdim, eps=self.pre_norm.eps, affine=False)
         if isinstance(self.proj, ConvBN):
             self.proj = self.proj.fuse()
         self.fused = True

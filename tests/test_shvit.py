@@ -100,7 +100,7 @@ def test_shsa_fuse_folds_norm_and_scale() -> None:
 
     block = randomize_(SHSA(64, 24)).eval()
     fused = edgezoo.fuse(nn.Sequential(block))[0]  # fuse() replaces children, so wrap the block
-    assert not hasattr(fused, "pre_norm") and isinstance(fused.qkv, nn.Conv1d) and isinstance(fused.proj, nn.Conv2d)
+    assert not fused.pre_norm.affine and isinstance(fused.qkv, nn.Conv1d) and isinstance(fused.proj, nn.Conv2d)
     x = torch.randn(2, 64, 5, 9)
     with torch.no_grad():
         assert rel_err(fused(x), block(x)) <= TOL

@@ -39,7 +39,10 @@ class StagedBackbone(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups for layer-wise lr decay (timm's ``param_groups_layer_decay``)."""
-        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.?(?:\w+\.)?(\d+)?"}
+        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.(?:\w+\.)?(\d+)\.", None),  # a block: stages.i.j.* or stages.i.<name>.j.*
+            (r"^stages\.(\d+)", (0,)),  # the stage's other layers (a downsample), with its first block
+        ]}
 
     def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         """What runs between the last stage and the head: ``self.neck`` when the model has one."""

@@ -1,6 +1,7 @@
 """ResNet-18/50 and MobileNetV2 with channel/spatial attention plugged in.
 
-ResNets are timm's own ``ResNet`` with the attention module passed as its ``attn_layer``:
+ResNets are timm's own ``ResNet`` (with ``fuse()`` on its blocks and stem:
+:mod:`edgezoo.blocks.resnet`) with the attention module passed as its ``attn_layer``:
 timm places it after the last BatchNorm of every residual branch, before the addition —
 where SENet, CBAM, ECA-Net and Triplet attention put theirs (ELA and Coordinate attention
 follow the same placement in ResNets). MobileNetV2 is written here (timm's builder has no
@@ -28,7 +29,6 @@ gate BNs as in :mod:`edgezoo.blocks.cnn_attention`.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
@@ -36,15 +36,14 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import calculate_drop_path_rates, create_classifier, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from edgezoo._base import StagedBackbone, feature_cfg
 from edgezoo.blocks.cnn_attention import CBAM, ECA, ELA, CoordAttention, SqueezeExcite, TripletAttention
-from edgezoo.blocks.conv_bn import fold_pair
+from edgezoo.blocks.conv_bn import ConvBNAct
 from edgezoo.blocks.mobilenet import DepthwiseSeparable, InvertedResidual
+from edgezoo.blocks.resnet import BasicBlock, Bottleneck, ResNet
 from edgezoo.errors import CheckpointError, InvalidArgumentError
-from edgezoo.fuse import register_fuser
 from edgezoo.registry import register
 
 __all__ = ["ATTN_PAPERS", "MOBILENETV2_ATTN", "MOBILENETV2_ATTN_POSITION", "MobileNetV2", "checkpoint_filter_fn"]
@@ -150,9 +149,7 @@ class MobileNetV2(StagedBackbone):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         chs = make_divisible(32 * width_mult, 8)
-        self.stem = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(in_chans, chs, 3, 2, 1, bias=False), bn=nn.BatchNorm2d(chs), act=nn.ReLU6(inplace=True),
-        ))
+        self.stem = ConvBNAct(in_chans, chs, 3, stride=2, act_layer=nn.ReLU6)
         num_blocks = sum(n for _, _, n, _ in self.SETTINGS)
         dpr = calculate_drop_path_rates(drop_path_rate, num_blocks)
         stages, self.feature_info, stride, idx = [], [], 2, 0
@@ -174,9 +171,7 @@ class MobileNetV2(StagedBackbone):
                 self.feature_info.append({"num_chs": out, "reduction": stride, "module": f"stages.{i}", "stage": i})
         self.stages = nn.Sequential(*stages)
         head_chs = max(head_chs, make_divisible(head_chs * width_mult, 8))
-        self.neck = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(chs, head_chs, 1, bias=False), bn=nn.BatchNorm2d(head_chs), act=nn.ReLU6(inplace=True),
-        ))
+        self.neck = ConvBNAct(chs, head_chs, 1, act_layer=nn.ReLU6)
         self.num_features = self.head_hidden_size = head_chs
         self.global_pool, self.classifier = create_classifier(head_chs, num_classes, pool_type=global_pool)
         self._init_weights()
@@ -352,28 +347,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
         for key in [k for k in out if re.search(r"\.se\.fc[12]\.weight$", k)]:
             out.setdefault(key[: -len("weight")] + "bias", out[key].new_zeros(out[key].shape[0]))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Deploy form for timm's ResNet (edgezoo blocks fuse themselves)
-# ---------------------------------------------------------------------------------------------
-
-
-@register_fuser(BasicBlock)
-def _fuse_basic(block: BasicBlock) -> None:
-    fold_pair(block, "conv1", "bn1")
-    fold_pair(block, "conv2", "bn2")
-
-
-@register_fuser(Bottleneck)
-def _fuse_bottleneck(block: Bottleneck) -> None:
-    for i in (1, 2, 3):
-        fold_pair(block, f"conv{i}", f"bn{i}")
-
-
-@register_fuser(ResNet)
-def _fuse_resnet_stem(model: ResNet) -> None:
-    fold_pair(model, "conv1", "bn1")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,61 +4,32 @@ The deploy form is the eval-mode model with every BatchNorm that follows a conv 
 a linear) folded into it, re-parameterisable branches collapsed, and drop-path / dropout
 removed. Outputs equal the eval-mode model within float rounding.
 
-Two mechanisms do the work, both explicit:
-
-* a module that knows how to fuse itself defines ``fuse() -> nn.Module`` (all edgezoo blocks);
-* modules from other libraries get a fuser registered with :func:`register_fuser` that
-  folds their layers in place (timm's ResNet blocks, for instance), and an ``nn.Sequential``
-  has every ``Conv2d`` directly followed by a ``BatchNorm2d`` folded, since a Sequential's
-  order is its forward order.
+One mechanism does the work, timm's: ``timm.models.reparameterize_model`` walks the module tree
+and replaces each child that has a ``fuse()`` with what it returns (and calls ``reparameterize()``
+/ ``switch_to_deploy()`` where a module has those instead). Every edgezoo module that holds a
+conv -> BN pair has a ``fuse()`` (:mod:`edgezoo.blocks.conv_bn` says how each kind of holder
+does it), so timm's ``reparameterize_model`` (what ``--reparam`` in timm's scripts runs) and this
+function give the same model; this one also sets eval mode and drops the drop-path and dropout
+modules (identities at inference).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Callable
 
 from timm.layers import DropPath
+from timm.models import reparameterize_model
 from torch import nn
 
-from edgezoo.blocks.conv_bn import fold_pair
-
-__all__ = ["fold_pair", "fuse", "register_fuser"]
-
-_FUSERS: dict[type[nn.Module], Callable[[nn.Module], None]] = {}
+__all__ = ["fuse"]
 
 
-def register_fuser(cls: type[nn.Module]) -> Callable:
-    """Register ``fn(module)`` that fuses an instance of ``cls`` in place (exact type match)."""
-
-    def decorator(fn: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
-        _FUSERS[cls] = fn
-        return fn
-
-    return decorator
-
-
-def _fuse_sequential(seq: nn.Sequential) -> None:
-    names = list(seq._modules)
-    for first, second in itertools.pairwise(names):
-        fold_pair(seq, first, second)
-
-
-def _fuse_tree(module: nn.Module) -> None:
+def _drop_identities(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, (DropPath, nn.Dropout)):
             setattr(module, name, nn.Identity())
-            continue
-        fuse_self = getattr(child, "fuse", None)
-        if callable(fuse_self):
-            child = fuse_self()
-            setattr(module, name, child)
-        elif type(child) in _FUSERS:
-            _FUSERS[type(child)](child)
-        elif type(child) is nn.Sequential:
-            _fuse_sequential(child)
-        _fuse_tree(child)
+        else:
+            _drop_identities(child)
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -66,7 +37,6 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    if type(model) in _FUSERS:
-        _FUSERS[type(model)](model)
-    _fuse_tree(model)
+    reparameterize_model(model, inplace=True)
+    _drop_identities(model)
     return model.eval()  # layers created while fusing start in training mode
