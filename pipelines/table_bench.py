@@ -24,9 +24,9 @@ _SUFFIXES = ("", "-timm", "-sizes")
 def _reports(folder: Path, fingerprint: str | None) -> tuple[list[dict | None], str | None]:
     from edgezoo.bench.report import load_report
 
-    mains = [p for p in folder.glob("*.json")  # scripts' own JSON (int8_activations.py) is not a report
-             if not p.stem.endswith(_SUFFIXES[1:]) and not re.search(r"-digits(-\d+px)?$", p.stem)
-             and "schema" in json.loads(p.read_text())]
+    mains = [p for p in folder.glob("*.json")  # a machine's main report is named by its fingerprint id alone
+             if (report := json.loads(p.read_text())).get("schema")
+             and isinstance(report.get("fingerprint"), dict) and report["fingerprint"].get("id") == p.stem]
     if fingerprint is None:
         if not mains:
             raise SystemExit(f"no benchmark reports in {folder}: run make bench")

@@ -63,6 +63,18 @@ def _bench() -> str:
     return text
 
 
+def _bench_litert() -> str:
+    """LiteRT beside onnxruntime and ExecuTorch: one interleaved run of the five family models at 224 and 32 px."""
+    from edgezoo.bench.markdown import markdown
+
+    path = RESULTS / "bench" / "2026-12-06-litert-ort-executorch.json"
+    report = json.loads(path.read_text())
+    sizes = sorted({r["img_size"] for r in report["records"]}, reverse=True)
+    parts = [markdown({**report, "records": [r for r in report["records"] if r["img_size"] == s]}) for s in sizes]
+    return ("\n\n".join(parts) + f"\n\nFrom `{path.relative_to(ROOT).as_posix()}`; what it "
+            "says, and the load the machine carried: [the LiteRT latency note](../notes/2026-12-06-litert-latency.md).")
+
+
 def _matrix() -> str:
     from edgezoo.pipelines.matrix import load_matrix, markdown_table
 
@@ -111,6 +123,7 @@ TABLES: dict[str, Table] = {
     "models": Table(DOCS / "models" / "index.md", _models()),
     **{f"models-{f}": Table(DOCS / "models" / f"{f}.md", _models(f)) for f in FAMILY_PAGES},
     "bench": Table(DOCS / "bench" / "runtimes.md", _bench),
+    "bench-litert": Table(DOCS / "bench" / "runtimes.md", _bench_litert),
     "export-matrix": Table(DOCS / "export" / "matrix.md", _matrix),
     "int8": Table(DOCS / "export" / "int8.md", _int8),
     "kernels-gpu": Table(DOCS / "kernels.md", _kernels),
