@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     done = run_demo(args.out, families=families, quick=args.quick, resume=args.resume, epochs=args.epochs,
                     img_size=args.img_size, formats=formats, jobs=args.jobs, sets=args.set or [],
-                    progress=not args.quiet)
+                    progress=not args.quiet, remote=args.remote, targets=args.targets)
     print(f"edgezoo demo: report {done['report_md']} (charts and report.json beside it), "
           f"{time.perf_counter() - started:.0f} s" + ("; some stages FAILED, see the report" if done["failed"] else ""))
     return 1 if done["failed"] else 0
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=non_negative_int,
                    help="worker processes side by side (default: the cores; 0: in this process)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe override, as edgezoo train --set")
+    p.add_argument("--remote", metavar="SPEC", help="also time every model on a target of yours: ssh://[user@]host"
+                                                    "[:port], adb[://serial] or a name from --targets")
+    p.add_argument("--targets", metavar="FILE", help="targets file for --remote names (see edgezoo bench --help)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgezoo.errors import InvalidArgumentError, lookup
-from edgezoo.pipelines.demo_tasks import FORMATS, bench_stage, export_stage, init_worker, train_stage
+from edgezoo.pipelines.demo_tasks import FORMATS, bench_stage, export_stage, init_worker, remote_stage, train_stage
 from edgezoo.pipelines.runner import Plan, Stage, run
 
 __all__ = ["DEFAULT_FORMATS", "PLAN", "QUICK", "Entry", "run_demo"]
@@ -73,6 +73,8 @@ RUNTIMES: dict[str, str | None] = {
     "executorch:int8": "executorch-int8", "openvino:fp32": "onnx", "openvino:int8": "onnx-int8",
     "coreml:fp16": "coreml", "tensorrt:fp16": "tensorrt", "ort-cuda:fp32": "onnx", "litert:fp32": "litert",
 }
+#: runtimes a remote target times (``edgezoo demo --remote``) -> the demo format that must be asked for
+REMOTE_RUNTIMES = {"ort": "onnx", "executorch:fp32": "executorch", "litert:fp32": "litert"}
 #: rough CPU seconds of each export of ResNet-18-ECA and of an epoch: the longest chain starts first
 _COST = {"onnx": 5, "onnx-int8": 4, "coreml": 5, "executorch": 9, "executorch-int8": 60, "litert": 12, "tensorrt": 30,
          "epoch": 12}
@@ -117,7 +119,7 @@ def _formats(formats: Sequence[str]) -> list[str]:
 
 def _plan(entries: list[Entry], formats: list[str], out: Path, img_size: int, sets: list[str], threads: int,
           inline: bool, runtimes: str, protocol: dict[str, Any], state: Path, fresh: bool,
-          ) -> tuple[Plan, dict[str, dict[str, Any]]]:
+          remote: str | None = None, targets: str | None = None) -> tuple[Plan, dict[str, dict[str, Any]]]:
     """The demo's plan: per model, train -> one export stage per group of formats -> bench (alone, last)."""
     import hashlib
     import json
@@ -151,17 +153,26 @@ def _plan(entries: list[Entry], formats: list[str], out: Path, img_size: int, se
         stages.append(Stage(f"{e.model}/bench", bench_stage, dict(
             model=e.model, runtimes=runtimes, work_dir=str(model_dir / "exported"), model_dir=str(model_dir),
             threads=1, protocol=protocol, inline=inline), needs=(train, *groups), exclusive=True, affinity=e.model))
+        if remote:
+            remote_runtimes = ",".join(rt for rt, fmt in REMOTE_RUNTIMES.items() if fmt in formats) or "ort"
+            stages.append(Stage(f"{e.model}/remote", remote_stage, dict(
+                model=e.model, remote=remote, targets=targets, runtimes=remote_runtimes, img_size=img_size,
+                protocol=protocol, model_dir=str(model_dir), inline=inline), needs=(train,), exclusive=True,
+                affinity=e.model))
     return Plan(stages, state), results
 
 
 def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None = None, quick: bool = False,
              resume: bool = False, epochs: int | None = None, img_size: int = IMG_SIZE,
              formats: Sequence[str] | None = None, jobs: int | None = None, sets: Sequence[str] = (),
-             progress: bool = True, protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+             progress: bool = True, protocol: dict[str, Any] | None = None, remote: str | None = None,
+             targets: str | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; return what :func:`edgezoo.pipelines.demo_report.write_report` wrote (``report_md``,
     ``report_json``, ``charts``, ``failed``). Bad input raises :class:`edgezoo.EdgezooError` before any work.
 
-    ``protocol`` replaces :data:`PROTOCOL` (the benchmark's warm-up, runs and seconds).
+    ``protocol`` replaces :data:`PROTOCOL` (the benchmark's warm-up, runs and seconds). ``remote`` (a target
+    SPEC or name, :mod:`edgezoo.bench.targets`) times each model's files there too: the report gains the
+    target's columns.
     """
 
     out = _check_out(Path(out))
@@ -182,12 +193,17 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
     protocol = {**PROTOCOL, **(protocol or {})}
     runtimes = ",".join(rt for rt, fmt in RUNTIMES.items() if fmt is None or fmt in formats)
 
+    if remote:  # a bad SPEC, an unreachable host or a refused key: one line before any training
+        from edgezoo.bench.targets import parse_target
+        from edgezoo.bench.transport import connect
+
+        connect(parse_target(remote, targets)).run("true", "connecting")
     t_wall, t_cpu = time.perf_counter(), _cpu_seconds()
     state = out / ".plan"
     if not resume:
         shutil.rmtree(state, ignore_errors=True)
     plan, results = _plan(entries, formats, out, img_size, [*sets], threads, inline, runtimes, protocol, state,
-                          fresh=not resume)
+                          fresh=not resume, remote=remote, targets=targets)
     outcomes = run(plan, jobs=jobs, progress=progress, desc="demo", initializer=None if inline else init_worker,
                    initargs=(threads,))
     for name, outcome in outcomes.items():
@@ -206,6 +222,8 @@ def run_demo(out: str | os.PathLike = "demo-out", families: Sequence[str] | None
             r["train"]["reused"] = r["train"].get("reused") or outcome.status == "reused"
         elif stage == "bench":
             r["bench"] = res
+        elif stage == "remote":
+            r["remote"] = res
         else:
             for key, row in res.items():
                 r["exports"][key] = {**row, "reused": True} if outcome.status == "reused" else row

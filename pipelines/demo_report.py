@@ -40,14 +40,24 @@ def machine_summary(**fields: Any) -> dict[str, Any]:
 
 
 def _records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [rec for r in results for rec in (r.get("bench") or {}).get("records", [])]
+    """Every benchmark record of the run: this machine's, then the remote target's (``edgezoo demo --remote``)."""
+    return [rec for r in results for rec in _own(r)]
+
+
+def _own(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*(r.get("bench") or {}).get("records", []), *(r.get("remote") or {}).get("records", [])]
+
+
+def _col(rec: dict[str, Any]) -> str:
+    """A record's column: ``runtime precision``, with ``@ target`` for a remote target's."""
+    return f"{rec['runtime']} {rec['precision']}" + (f" @ {rec['target']}" if rec.get("target") else "")
 
 
 def _columns(results: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
     """Runtime columns timed somewhere (``runtime precision``), and the absent ones with their reason."""
     cols, absent = [], {}
     for rec in _records(results):
-        col = f"{rec['runtime']} {rec['precision']}"
+        col = _col(rec)
         if rec["status"] == "absent":
             absent.setdefault(col, rec.get("reason", ""))
         elif col not in cols:
@@ -56,8 +66,7 @@ def _columns(results: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
 
 
 def _latency(r: dict[str, Any], col: str) -> str:
-    rec = next((x for x in (r.get("bench") or {}).get("records", []) if f"{x['runtime']} {x['precision']}" == col
-                and x["batch"] == 1), None)
+    rec = next((x for x in _own(r) if _col(x) == col and x["batch"] == 1), None)
     if rec is None:
         return "-"
     if rec["status"] == "ok":

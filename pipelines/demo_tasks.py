@@ -26,8 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "bench_one", "bench_stage", "export_group", "export_one", "export_stage", "init_worker", "train",
-           "train_stage"]
+__all__ = [
+    "FORMATS",
+    "bench_one",
+    "bench_stage",
+    "export_group",
+    "export_one",
+    "export_stage",
+    "init_worker",
+    "remote_stage",
+    "train",
+    "train_stage",
+]
 
 #: The demo's export targets: key -> (format, precision). ONNX int8 options are per family (see demo.PLAN).
 FORMATS: dict[str, tuple[str, str]] = {
@@ -184,6 +194,24 @@ def bench_stage(model: str, runtimes: str, work_dir: str, model_dir: str, thread
     exports = {key: row for k, v in inputs.items() if not k.endswith("/train") for key, row in v.items()}
     return bench_one(trained["checkpoint"], model, trained["use_ema"], exports, runtimes, work_dir, model_dir,
                      threads, protocol, inline)
+
+
+def remote_stage(model: str, remote: str, targets: str | None, runtimes: str, img_size: int,
+                 protocol: dict[str, Any], model_dir: str, inline: bool, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The demo's remote stage: the trained checkpoint's files timed on ``remote`` (``edgezoo bench --remote``'s
+    protocol and runner), with top-1 agreement on held-out digits there."""
+    timing: dict[str, Any] = {}
+    (trained,) = inputs.values()
+    with _clock(timing), _logged(Path(model_dir) / "remote.log", inline):
+        from edgezoo.bench import Protocol, parse_runtimes
+        from edgezoo.bench.remote import bench_remote
+
+        report = bench_remote([trained["checkpoint"]], parse_runtimes(runtimes), remote, targets_file=targets,
+                              img_sizes=[img_size], protocol=Protocol(**protocol), agree=100, model=model,
+                              work_dir=str(Path(model_dir) / "remote"), interleave_runtimes=True,
+                              log=lambda m: print(m, flush=True))
+    report["timing"] = timing
+    return report
 
 
 def bench_one(ckpt: str, model: str, use_ema: bool, exports: dict[str, dict[str, Any]], runtimes: str,

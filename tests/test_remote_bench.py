@@ -350,3 +350,20 @@ def test_the_runner_and_what_it_ships_need_no_edgezoo() -> None:
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert names - {""} <= allowed, f"{name} imports {names - allowed}"
+
+
+@pytest.mark.slow
+def test_the_demo_adds_the_targets_columns(tmp_path: Path, sshd: Sshd, target_python: Path) -> None:
+    """``edgezoo demo --remote``: each model's files timed on the target too, its columns beside this machine's."""
+    from edgezoo.pipelines.demo import run_demo
+
+    tf = targets_file(tmp_path / "t.yaml", sshd, target_python)
+    done = run_demo(tmp_path / "demo", families=["focal_modulation"], epochs=1, formats=["onnx"], jobs=0,
+                    progress=False, protocol={"warmup": 2, "runs": 20, "max_seconds": 0.5}, remote="loop",
+                    targets=str(tf))
+    assert not done["failed"]
+    saved = json.loads(Path(done["report_json"]).read_text())["results"][0]
+    remote = [r for r in saved["remote"]["records"] if r["status"] == "ok"]
+    assert remote and all(r["target"] == "loop" and r["protocol"] == "edgezoo" for r in remote)
+    assert all(r["agreement"]["top1_agreement"] >= 0.99 for r in remote)
+    assert "`ort fp32 @ loop` ms" in Path(done["report_md"]).read_text()
