@@ -12,11 +12,19 @@ __all__ = ["existing_file", "writable_dir"]
 
 
 def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` as a folder that exists (created if missing) and accepts a file, else a one-line error."""
+    """``path`` when it is, or can become, a folder that accepts files, else a one-line error.
+
+    Nothing is created: the nearest folder that exists on the way to ``path`` is probed with a temporary file
+    (removed at once), so bad input found later leaves no empty folder behind.
+    """
     folder = Path(path).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidArgumentError(f"{flag} {path}: {probe} is a file, not a folder: choose a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".edgezoo-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".edgezoo-write-check-"):
             pass
     except OSError as err:
         reason = err.strerror or type(err).__name__
