@@ -272,8 +272,8 @@ def _groups(sources: Sequence[Any], sizes: Sequence[int | None], compare_timm: b
             pair = make_pair(source, size)
             ez = _item(pair.ez, size, threads, work, calib, log, name=source)
             ref = _item(pair.timm, size, threads, work, calib, log, name=pair.timm_slug, deploy=False)
-            for it in (ez, ref):  # timm's random init: int8 agreement is reported, not gated
-                it.src.trained, it.src.origin = False, f"random weights (timm's init, shared with {source})"
+            for it in (ez, ref):  # randomised weights: int8 agreement is reported, not gated
+                it.src.trained, it.src.origin = False, f"random weights (shared with {source})"
             groups.append(([ez, ref], (pair.timm_name, pair.rel_err)))
     return groups
 

@@ -1,6 +1,7 @@
 """``--compare-timm``: timm's model of the same architecture, carrying the same weights as edgezoo's.
 
-timm's model is built (timm's own init), its state dict is mapped into the edgezoo model by the
+timm's model is built and its weights randomised (:func:`edgezoo.weights.calibrate_bn_`: timm's init zeroes
+branches that converters fold away), its state dict is mapped into the edgezoo model by the
 family's checkpoint mapping (:func:`edgezoo.load_checkpoint`'s ``filter_fn``: the same code that
 loads timm checkpoints), and the two are checked to give the same outputs before anything is timed.
 edgezoo's model is then benchmarked in its deploy form (:func:`edgezoo.fuse`), timm's as timm ships
@@ -81,6 +82,7 @@ def make_pair(name: str, img_size: int | None = None, tolerance: float = 1e-4) -
     import timm
 
     import edgezoo
+    from edgezoo.weights import calibrate_bn_
 
     label = counterpart(name)
     if label is None:
@@ -88,7 +90,10 @@ def make_pair(name: str, img_size: int | None = None, tolerance: float = 1e-4) -
                                    f"for it (counterparts: ez_efficientvit_m*, ez_shvit_s*, ez_focalnet_*_srf/lrf, "
                                    f"ez_efficientvit_b*/l*, timm-width ResNets with SE/ECA/CBAM)")
     build = _SPECIAL[name][1] if name in _SPECIAL else (lambda **kw: timm.create_model(label, **kw))
-    ref = _create(build, img_size).eval()
+    ref = _create(build, img_size)
+    # randomised, not timm's init: that zeroes branches converters then fold away (a smaller graph to time)
+    cfg = getattr(ref, "pretrained_cfg", None) or {}
+    calibrate_bn_(ref, size=img_size or int(cfg.get("input_size", (3, 224, 224))[-1]))
     ez = _create(lambda **kw: edgezoo.create_model(name, **kw), img_size).eval()
     spec = edgezoo.get_spec(name)
     state = ref.state_dict()

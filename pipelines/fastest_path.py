@@ -7,7 +7,8 @@
 
 One model of each family is trained briefly on digits at the small sizes digits suit (the same rows
 and cached checkpoints as :mod:`edgezoo.pipelines.int8`: `edgezoo.train.train_digits`, seeded, under
-``--work``), then benchmarked with :func:`edgezoo.bench.bench` on
+``--work``), then benchmarked with :func:`edgezoo.bench.bench`, one plan for the runner
+(:mod:`edgezoo.pipelines.runner`: the trainings, then the benchmark alone on the machine), on
 onnxruntime fp32 / int8, OpenVINO fp32 / int8 / bf16 and ExecuTorch fp32 / int8, each batch-1 record
 with its top-1 agreement with PyTorch on every held-out digits image. The report is
 ``<fingerprint>-digits.json`` (``-digits-<S>px.json`` with ``--img-size S``); the runtime tables page
@@ -26,14 +27,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 RUNTIMES = "torch,ort,ort-int8,openvino,executorch,litert"
 
 
+def bench_stage(checkpoints: list[str], runtimes: str, threads: int, runs: int, repeat: int, target: str,
+                suffix: str, merge: bool, work: str, interleave: bool, started: str,
+                inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time ``checkpoints`` and the trained ones of ``inputs`` (the training stages' results, in row order) on
+    every runtime, with top-1 agreement on every held-out digit; write the report as it grows.
+
+    ``started`` (the invocation's time) is in the settings so that each run of the pipeline times again: the
+    trainings are reused, a measurement is not. Returns the report's path and its record count.
+    """
+    from edgezoo.bench import Protocol, bench, parse_runtimes
+    from edgezoo.bench.fingerprint import fingerprint
+    from edgezoo.bench.report import check_same_machine, load_report, merge_reports, output_path, save_report
+
+    ckpts = [*checkpoints, *(r["checkpoint"] for r in (inputs or {}).values())]
+    base = None
+    if merge:
+        machine = fingerprint(threads)
+        here = output_path(target, {"fingerprint": machine}, suffix)
+        base = load_report(here) if here.exists() else None
+        if base is not None:
+            check_same_machine(base, machine["id"], str(here))
+    note = f"python -m edgezoo.pipelines.fastest_path (started {started})"
+
+    def save(report: dict[str, Any]) -> Path:
+        report = merge_reports(base, report, note=note) if base else report
+        path = output_path(target, report, suffix)
+        save_report(report, path)
+        return path
+
+    report = bench(ckpts, parse_runtimes(runtimes), threads=threads, protocol=Protocol(runs=runs, repeat=repeat),
+                   agree=360, calib="digits", on_progress=save,  # every held-out digit
+                   work_dir=Path(work) / "bench-artifacts", interleave_runtimes=interleave, progress=False)
+    return {"json": str(save(report)), "records": len(report.get("records", []))}
+
+
 def main() -> int:
     from edgezoo.pipelines.int8 import ROWS, train_stages
-    from edgezoo.pipelines.runner import Plan, run
+    from edgezoo.pipelines.runner import Plan, Stage, run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="results/bench/", help="report file or folder (default results/bench/)")
@@ -57,51 +95,33 @@ def main() -> int:
                                                          "(e.g. edgezoo demo's demo-out/runs/*/best.pth)")
     args = parser.parse_args()
     rows = [(m, e, args.img_size or size) for m, e, size in ROWS if not args.models or m in args.models.split(",")]
-    ckpts = list(args.checkpoints or [])
-    if not ckpts:  # train (or reuse) the rows' checkpoints through the runner, the int8 table's stages
-        trains = train_stages(rows, args.work)
-        outcomes = run(Plan(trains, args.work / ".plan-int8"), desc="train")
-        for (name, epochs, size), stage in zip(rows, trains, strict=True):
-            result = outcomes[stage.name].result
-            if result is None:
-                raise SystemExit(f"{name}: training failed: {outcomes[stage.name].error}")
-            print(f"{name}: {epochs} epochs at {size} px, top-1 {result['top1']:.1f}% ({result['checkpoint']})",
-                  flush=True)
-            ckpts.append(result["checkpoint"])
+    # the rows' trainings are the int8 table's stages (same names, settings and records: a model trained for one
+    # is reused by the other); the benchmark runs after them, alone on the machine
+    trains = [] if args.checkpoints else train_stages(rows, args.work)
+    suffix = f"-digits-{args.img_size}px" if args.img_size else "-digits"
+    stages = list(trains)
+    if not args.train_only:
+        stages.append(Stage(f"bench{suffix}", bench_stage, dict(
+            checkpoints=list(args.checkpoints or []), runtimes=args.runtime, threads=args.threads, runs=args.runs,
+            repeat=args.repeat, target=str(args.json), suffix=suffix, merge=args.merge, work=str(args.work),
+            interleave=not args.sequential, started=time.strftime("%Y-%m-%dT%H:%M:%S")),
+            needs=tuple(s.name for s in trains), exclusive=True))
+    outcomes = run(Plan(stages, args.work / ".plan-int8"), desc="fastest path")
+    for (name, epochs, size), stage in zip(rows, trains, strict=False):
+        result = outcomes[stage.name].result
+        if result is None:
+            raise SystemExit(f"{name}: training failed: {outcomes[stage.name].error}")
+        print(f"{name}: {epochs} epochs at {size} px, top-1 {result['top1']:.1f}% ({result['checkpoint']})",
+              flush=True)
     if args.train_only:
         return 0
+    timed = outcomes[f"bench{suffix}"]
+    if timed.result is None:
+        raise SystemExit(f"benchmark failed: {timed.error}")
+    from edgezoo.bench.report import load_report, table
 
-    from edgezoo.bench import Protocol, bench, parse_runtimes
-    from edgezoo.bench.fingerprint import fingerprint
-    from edgezoo.bench.report import (
-        check_same_machine,
-        load_report,
-        merge_reports,
-        output_path,
-        save_report,
-        table,
-    )
-
-    target, suffix = args.json, f"-digits-{args.img_size}px" if args.img_size else "-digits"
-    base = None
-    if args.merge:
-        machine = fingerprint(args.threads)
-        here = output_path(target, {"fingerprint": machine}, suffix)
-        base = load_report(here) if here.exists() else None
-        if base is not None:
-            check_same_machine(base, machine["id"], str(here))
-
-    def save(report: dict) -> None:
-        report = merge_reports(base, report, note=" ".join(sys.argv)) if base else report
-        save_report(report, output_path(target, report, suffix))
-
-    protocol = Protocol(runs=args.runs, repeat=args.repeat)
-    report = bench(ckpts, parse_runtimes(args.runtime), threads=args.threads, protocol=protocol,
-                   agree=360, calib="digits", on_progress=save,  # every held-out digit
-                   work_dir=args.work / "bench-artifacts", interleave_runtimes=not args.sequential)
-    save(report)
-    print(table(merge_reports(base, report) if base else report))
-    print(f"JSON: {output_path(target, report, suffix)}")
+    print(table(load_report(Path(timed.result["json"]))))
+    print(f"JSON: {timed.result['json']}")
     return 0
 
 

@@ -29,6 +29,7 @@ def matrix_cell(model: str, format: str, precision: str, out_dir: str, img_size:
     row.pop("metadata", None)
     row["notes"] = {k: v for k, v in row["notes"].items() if k in ("exporter", "dynamic_hw", "traceback")}
     row["commit"] = commit()
+    row["date"] = time.strftime("%Y-%m-%d")
     return row
 
 
@@ -66,6 +67,7 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
     fmts = [get_format(f) for f in formats]
     for fmt in fmts:
         fmt.require()
+    models = sorted(models, key=_size)  # the smallest first: a matrix stopped part way holds their whole rows
     stages = [Stage(f"{name}/{fmt.name}-{prec}", matrix_cell, dict(
         model=name, format=fmt.name, precision=prec, out_dir=str(out_dir), img_size=img_size, common=common),
         affinity=name) for name in models for fmt in fmts
@@ -73,7 +75,8 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     fp = fingerprint(1)
     head = {"machine": machine(), "fingerprint": {k: fp[k] for k in ("id", "cpu", "flags", "usable_cores", "os",
-                                                                     "versions")}, "started": started}
+                                                                     "versions")}, "started": started,
+            "planned": {"models": models, "formats": [f.name for f in fmts], "cells": len(stages)}}
     cells: dict[str, dict[str, Any]] = {}
 
     def landed(name: str, outcome: Any) -> None:
@@ -90,6 +93,16 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
     run(Plan(stages, Path(out_dir) / ".plan"), jobs=jobs, progress=progress, desc="export matrix",
         on_outcome=landed, initializer=_init_worker, initargs=(threads,))
     return {**head, "results": [cells[s.name] for s in stages]}
+
+
+def _size(model: str) -> int:
+    """``model``'s parameter count, built on the meta device (no memory, no init: milliseconds)."""
+    import torch
+
+    from edgezoo import create_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(model).parameters())
 
 
 def _init_worker(threads: int) -> None:
@@ -135,7 +148,7 @@ def _cell(r: dict[str, Any] | None, markdown: bool) -> str:
         return ""
     status = r["status"]
     if status == "failed":
-        return "failed" if markdown else f"failed: {(r.get('error') or r['parity'].get('reason') or '')[:60]}"
+        return "failed" if markdown else f"failed: {_reason(r)[:60]}"
     fig, secs = r.get("parity") or {}, f"{r.get('seconds', 0):.0f} s"
     if r["precision"] == "int8" and "top1_agreement" in fig:
         return f"{status} ({fig['top1_agreement']:.0%} agree, {secs})"
@@ -163,6 +176,17 @@ def markdown_table(matrix: dict[str, Any]) -> str:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     commits = sorted({r["commit"] for r in matrix["results"] if r.get("commit")})
+    dates = sorted({r["date"] for r in matrix["results"] if r.get("date")})
+    planned = matrix.get("planned") or {}
+    progress = ""
+    if planned.get("models"):
+        complete = [m for m in planned["models"] if m in models]
+        progress = (f" Filled so far: {len(matrix['results'])} of {planned['cells']} cells, {len(complete)} of "
+                    f"{len(planned['models'])} models (smallest first; `make export-matrix` continues where it "
+                    f"stopped)" + (f", cells made {dates[0]} to {dates[-1]}" if len(dates) > 1 else
+                                   f", cells made {dates[0]}" if dates else "") + ".")
+    failures = [f"`{r['model']}` {r['format']} {r['precision']}: {_reason(r)}" for r in matrix["results"]
+                if r["status"] == "failed"]
     fp = matrix.get("fingerprint") or {}
     where = f"`{fp['id']}` ({matrix['machine']})" if fp.get("id") else matrix["machine"]
     legend = (f"`make export-matrix` started {matrix['started']} on {where}"
@@ -170,8 +194,16 @@ def markdown_table(matrix: dict[str, Any]) -> str:
               "`verified`: a runtime here ran the artifact and it passed its gate (relative max error "
               "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; "
               "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated)."
-              + (f" Runs: {matrix['note']}." if matrix.get("note") else ""))
-    return table(rows, ["model", *columns]) + "\n\n" + legend
+              + progress + (f" Runs: {matrix['note']}." if matrix.get("note") else ""))
+    text = table(rows, ["model", *columns]) + "\n\n" + legend
+    if failures:
+        text += "\n\nFailed cells (the first line of each error):\n\n" + "\n".join(f"- {f}" for f in failures)
+    return text
+
+
+def _reason(r: dict[str, Any]) -> str:
+    text = (r.get("error") or (r.get("parity") or {}).get("reason") or "no reason recorded").strip()
+    return text.splitlines()[0][:160].replace("|", "/") if text else "no reason recorded"
 
 
 def load_matrix(path: Path) -> dict[str, Any]:

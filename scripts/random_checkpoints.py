@@ -1,10 +1,10 @@
 """Write randomised-weight checkpoints that ``edgezoo bench`` and ``edgezoo export`` can time and gate.
 
-``edgezoo bench MODEL`` builds a model as timm initialises it, and converters fold the branches that
-initialisation zeroes (LiteRT timed timm's EfficientViT-M0 as initialised at 0.58 ms against 2.17 ms with
-randomised weights). This writes one checkpoint per model with every weight randomised and BatchNorm
-statistics set from random images (:func:`edgezoo.weights.calibrate_bn_`), which the commands read like
-a trained one:
+A model name given to those commands is already randomised (every weight drawn, BatchNorm statistics
+from random images at the size it runs: :func:`edgezoo.weights.calibrate_bn_`; timm's fresh init zeroes
+branches that converters fold away, and LiteRT timed timm's EfficientViT-M0 as initialised at 0.58 ms
+against 2.17 ms randomised). A checkpoint fixes those weights across commands and machines, and lets the
+BatchNorm statistics come from another size than the one timed:
 
     python scripts/random_checkpoints.py OUT_DIR [MODEL ...] [--bn-size 128]
 
