@@ -53,7 +53,7 @@ from torch.fx import GraphModule
 
 from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, register_format
 from edgezoo.export.int8_fallback import Fallback
-from edgezoo.export.quantize import parse_fallback
+from edgezoo.export.quantize import fallback_setting, parse_fallback
 
 __all__ = ["METADATA_METHOD", "ExecutorchFormat", "build_pte", "read_metadata"]
 
@@ -312,7 +312,7 @@ def _fallback(job: ExportJob, model: nn.Module, converted: GraphModule, batches:
     from edgezoo.export.pt2e_fallback import Switchboard
     from edgezoo.export.quantize import FALLBACK_IMAGES
 
-    setting = parse_fallback(job.options.get("int8_fallback", "auto"))
+    setting = fallback_setting(job)
     if setting == 0:
         return None, [], None
     batches = batches[:max(FALLBACK_IMAGES, job.batch) // job.batch]
@@ -557,7 +557,8 @@ class ExecutorchFormat(Format):
         "int8_fallback": Option("auto", "int8: activations left float by sensitivity on the calibration images "
                                         "(their producing and consuming ops run fp32): auto (shortest set that "
                                         "halves the logit error, <= 5% of them; none when that error is "
-                                        f"<= {AUTO_FLOOR:g}), a count, or 0", type=parse_fallback),
+                                        f"<= {AUTO_FLOOR:g} or the weights are random), a count, or 0",
+                                type=parse_fallback),
     }
     parity = "ExecuTorch runtime (XNNPACK) against PyTorch"
     description = "ExecuTorch .pte lowered to XNNPACK, fp32 / int8 (PT2E, XNNPACK quantizer)"

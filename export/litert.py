@@ -252,8 +252,8 @@ class LitertFormat(Format):
         "int8_mode": Option("full", "int8: " + "; ".join(f"{k}: {v}" for k, v in INT8_MODES.items()),
                             choices=tuple(INT8_MODES)),
         "int8_fallback": Option("auto", "int8 full: ops left float by sensitivity on the calibration images: auto "
-                                        "(shortest set that halves the logit error, <= 5% of the ops), a count, "
-                                        "or 0", type=parse_fallback),
+                                        "(shortest set that halves the logit error, <= 5% of the ops; none for "
+                                        "random weights), a count, or 0", type=parse_fallback),
     }
     parity = "LiteRT interpreter, with XNNPACK and with builtin kernels, against PyTorch"
     description = "LiteRT / TFLite flatbuffer (litert-torch), fp32 / fp16 weights / int8 (full or dynamic range)"

@@ -348,8 +348,8 @@ class OnnxFormat(Format):
         "plugins": Option(False, "write the edgezoo fused ops as TensorRT plugin nodes (domain edgezoo; fp32 only); "
                                  "gated with their reference semantics", choices=(False, True), type=parse_bool),
         "int8_fallback": Option("auto", "int8: activations left float by sensitivity on the calibration images: "
-                                        "auto (shortest set that halves the logit error, <= 5% of them), a count, "
-                                        "or 0", type=parse_fallback),
+                                        "auto (shortest set that halves the logit error, <= 5% of them; none for "
+                                        "random weights), a count, or 0", type=parse_fallback),
         "reduce_range": Option(False, "int8 with 7-bit weights: avoids onnxruntime's u8s8 saturation on x86 CPUs "
                                       "without VNNI, at some accuracy cost", choices=(False, True), type=parse_bool),
     }
