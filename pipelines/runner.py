@@ -155,9 +155,15 @@ class _Workers:
     def release(self, fut: Future) -> None:
         self.busy = {w: f for w, f in self.busy.items() if f is not fut}
 
-    def shutdown(self) -> None:
+    def shutdown(self, kill: bool = False) -> None:
+        """Wait for the workers to exit; with ``kill`` (the plan was interrupted) end them first, so a stopped
+        plan leaves no worker running its stage on (they are not in the caller's process group's signals when
+        ``kill PID`` stops the plan alone)."""
         for pool in self.pools:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if kill:  # concurrent.futures has no public terminate before Python 3.14
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+            pool.shutdown(wait=not kill, cancel_futures=True)
 
 
 def run(plan: Plan, jobs: int | None = None, progress: bool = True, desc: str = "plan",
@@ -212,6 +218,8 @@ def run(plan: Plan, jobs: int | None = None, progress: bool = True, desc: str = 
         return ready
 
     workers = _Workers(jobs, initializer, initargs)
+    finished = False
+    restore = _exit_on_sigterm()
     try:
         while True:
             ready = settle()
@@ -241,10 +249,28 @@ def run(plan: Plan, jobs: int | None = None, progress: bool = True, desc: str = 
                     out = Outcome("failed", error=_first_line(err), key=key)
                 _record(plan.state_dir, stage.name, out)
                 finish(stage.name, out)
+        finished = True
     finally:
-        workers.shutdown()
+        workers.shutdown(kill=not finished)
+        restore()
         bar.close()
     return {name: outcomes[name] for name in by_name}
+
+
+def _exit_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM end the plan as Ctrl-C does (its ``finally`` ends the workers); returns what restores the
+    previous handler. Only the main thread can set a handler: elsewhere nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:

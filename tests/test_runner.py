@@ -99,6 +99,56 @@ def test_a_killed_plan_continues_where_it_stopped(tmp_path: Path) -> None:
     assert out["d"].status == "done" and out["d"].result["total"] == 11
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (field 4 of /proc/N/stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc (Linux)")
+def test_a_terminated_plan_ends_its_workers(tmp_path: Path) -> None:
+    """``kill PID`` (SIGTERM to the plan's process alone, as a scheduler or a user stops it) ends the workers
+    mid-stage too, instead of leaving them running their stage without a plan to report to."""
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from pathlib import Path\n"
+              "from tests.test_runner import diamond\n"
+              "from edgezoo.pipelines.runner import run\n"
+              f"run(diamond(Path({str(tmp_path)!r}), seconds=60), jobs=2, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "b" not in ran(tmp_path / "log") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "b" in ran(tmp_path / "log"), "the plan did not reach b"
+        workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2, workers
+        proc.terminate()
+        assert proc.wait(timeout=30) != 0
+        deadline = time.monotonic() + 15
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not (tmp_path / "state" / "d.json").exists()
+
+
 def test_affinity_keeps_a_models_stages_on_one_worker_and_exclusive_stages_run_alone(tmp_path: Path) -> None:
     log = str(tmp_path / "log")
     stages = []
