@@ -62,6 +62,8 @@ def cell_stage(fmt: str, options: dict[str, Any], out: str, inputs: dict[str, An
     src = prepared(trained["checkpoint"])
     fp32_size = export(src, fmt, Path(out) / "fp32").size_bytes or 0
     res = export(src, fmt, out, int8=True, calib="digits", **options)
+    if res.status == "failed" and not res.parity:  # a crash, not a gate's verdict: the next run tries again
+        raise RuntimeError(res.error or "export failed")
     p, fb = res.parity, res.notes.get("int8_fallback") or {}
     return {"format": fmt, "options": options, "status": res.status, "agreement": p.get("top1_agreement"),
             "float_tensors": len(fb["tensors"]) if fb else None, "candidates": fb.get("candidates"),

@@ -28,21 +28,26 @@ def matrix_cell(model: str, format: str, precision: str, out_dir: str, img_size:
     row = res.to_dict()
     row.pop("metadata", None)
     row["notes"] = {k: v for k, v in row["notes"].items() if k in ("exporter", "dynamic_hw", "traceback")}
-    row["commit"] = commit()
+    row["commit"] = _COMMIT or commit()  # the code the worker imported when the run started
     row["date"] = time.strftime("%Y-%m-%d")
     return row
 
 
+#: set in each worker by :func:`_init_worker`: the commit the run started from
+_COMMIT: str | None = None
+
+
 def commit() -> str | None:
-    """The repository's commit (``+dirty`` with uncommitted changes), or None outside a git checkout."""
+    """The repository's commit (``+dirty`` when the package's source differs from it: docs and tests do not
+    count), or None outside a git checkout."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *_source(root)],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) or None
@@ -91,7 +96,7 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
 
     threads = 1 if (jobs or usable_cores()) > 1 else usable_cores()
     run(Plan(stages, Path(out_dir) / ".plan"), jobs=jobs, progress=progress, desc="export matrix",
-        on_outcome=landed, initializer=_init_worker, initargs=(threads,))
+        on_outcome=landed, initializer=_init_worker, initargs=(threads, commit()))
     return {**head, "results": [cells[s.name] for s in stages]}
 
 
@@ -105,9 +110,24 @@ def _size(model: str) -> int:
         return sum(p.numel() for p in create_model(model).parameters())
 
 
-def _init_worker(threads: int) -> None:
+
+
+def _source(root: Path) -> list[str]:
+    """The package's source folders (pyproject's package-dir) and pyproject itself."""
+    import tomllib
+
+    try:
+        dirs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return ["."]
+    return sorted({*dirs, "pyproject.toml"})
+
+
+def _init_worker(threads: int, code: str | None) -> None:
     import torch
 
+    global _COMMIT
+    _COMMIT = code
     torch.set_num_threads(threads)
 
 
@@ -190,10 +210,7 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     fp = matrix.get("fingerprint") or {}
     where = f"`{fp['id']}` ({matrix['machine']})" if fp.get("id") else matrix["machine"]
     legend = (f"`make export-matrix` started {matrix['started']} on {where}"
-              + (f", commit {', '.join(commits)}" if commits else "") + f": {total}. "
-              "`verified`: a runtime here ran the artifact and it passed its gate (relative max error "
-              "and conversion time in brackets); `converted`: the file exists but no runtime here can run it; "
-              "int8 cells give top-1 agreement with fp32 on held-out digits (random weights: reported, not gated)."
+              + (f", commit {', '.join(commits)}" if commits else "") + f": {total}."
               + progress + (f" Runs: {matrix['note']}." if matrix.get("note") else ""))
     text = table(rows, ["model", *columns]) + "\n\n" + legend
     if failures:

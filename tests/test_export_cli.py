@@ -104,11 +104,11 @@ def test_multiple_formats_and_json(capsys, tmp_path) -> None:
     assert code == 2  # TensorRT is missing here: checked before anything is converted
     assert not list(tmp_path.iterdir())
     path = tmp_path / "r.json"
-    code, _, _ = _run(capsys, "ez_efficientvit_m0", "--img-size", "64", "--half", "--json", str(path),
+    code, _, _ = _run(capsys, "ez_shvit_s1", "--img-size", "64", "--half", "--json", str(path),
                         "--out", str(tmp_path))
     rows = json.loads(path.read_text())
     assert code == 0 and rows[0]["precision"] == "fp16" and rows[0]["status"] == "verified"
-    assert Path(rows[0]["path"]).name == "ez_efficientvit_m0_fp16.onnx"
+    assert Path(rows[0]["path"]).name == "ez_shvit_s1_fp16.onnx"
 
 
 def test_list_formats(capsys) -> None:
@@ -120,25 +120,24 @@ def test_list_formats(capsys) -> None:
 def test_matrix_table_json_resume_and_docs_table(tmp_path, capsys) -> None:
     from edgezoo.pipelines.matrix import markdown_table
 
-    argv = ("--all", "--models", "ez_efficientvit_m0", "--precisions", "fp32,fp16", "--img-size", "64", "--out",
+    argv = ("--all", "--models", "ez_shvit_s1", "--precisions", "fp32,fp16", "--img-size", "64", "--out",
             str(tmp_path), "--jobs", "0", "-q")
     code, out, _ = _run(capsys, *argv)
     assert code == 0
     matrix = json.loads((tmp_path / "export-matrix.json").read_text())
     cells = {(r["model"], r["format"], r["precision"]): r["status"] for r in matrix["results"]}
-    assert cells == {("ez_efficientvit_m0", "onnx", "fp32"): "verified", ("ez_efficientvit_m0", "onnx", "fp16"):
-                     "verified"}
+    assert cells == {("ez_shvit_s1", "onnx", "fp32"): "verified", ("ez_shvit_s1", "onnx", "fp16"): "verified"}
     assert "onnx fp32" in out and "verified" in out and matrix["fingerprint"]["id"]
-    made = {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_efficientvit_m0").iterdir()}
+    made = {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_shvit_s1").iterdir()}
     code, out, _ = _run(capsys, *argv)  # run again: every cell is recorded, nothing is exported again
     assert code == 0 and json.loads((tmp_path / "export-matrix.json").read_text())["results"] == matrix["results"]
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_efficientvit_m0").iterdir()} == made
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_shvit_s1").iterdir()} == made
     text = markdown_table(matrix)
-    assert "| `ez_efficientvit_m0` | verified" in text and matrix["fingerprint"]["id"] in text
+    assert "| `ez_shvit_s1` | verified" in text and matrix["fingerprint"]["id"] in text
     assert "Filled so far: 2 of 2 cells, 1 of 1 models" in text  # how far a piecewise matrix has got
     failed = {**matrix, "results": [*matrix["results"], {**matrix["results"][0], "format": "litert", "status":
                                                           "failed", "error": "aten.foo is not supported\nmore"}]}
-    assert "- `ez_efficientvit_m0` litert fp32: aten.foo is not supported" in markdown_table(failed)  # why, listed
+    assert "- `ez_shvit_s1` litert fp32: aten.foo is not supported" in markdown_table(failed)  # why, listed
 
 
 @torch.no_grad()
