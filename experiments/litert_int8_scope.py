@@ -32,7 +32,7 @@ def main() -> None:
     from edgezoo.data.calib import load_calibration
     from edgezoo.export import export, prepare
     from edgezoo.export.litert import interpreter, litert_runner
-    from edgezoo.export.litert_int8 import _graph, _quantizer, policy_tensors
+    from edgezoo.export.litert_int8 import op_graph, policy_tensors, static_quantizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
@@ -44,7 +44,7 @@ def main() -> None:
             ref = src.model(data.held_out).argmax(1).numpy()
         out = Path(tempfile.mkdtemp())
         content = Path(export(src, "litert", out).path).read_bytes()
-        ops, names = _graph(content)
+        ops, names = op_graph(content)
         outputs = {op["op_name"]: [] for op in ops}
         for op in ops:
             outputs[op["op_name"]].extend(names.get(i, "") for i in op["outputs"])
@@ -61,7 +61,7 @@ def main() -> None:
         print(f"{src.name} at {src.input_size[1]} px: {len(ops)} ops, {len(weighted)} weighted, policy keeps "
               f"{len(policy)} float")
         for label, extra in variants.items():
-            q = _quantizer(content, sorted({*policy, *extra}))
+            q = static_quantizer(content, sorted({*policy, *extra}))
             made = bytes(q.quantize(q.calibrate({key: calib}, num_threads=1),
                                     enable_progress_report=False).quantized_model)
             run = litert_runner(made, threads=1, xnnpack=True)

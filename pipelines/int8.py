@@ -3,7 +3,8 @@
     python -m edgezoo.pipelines.int8 --json results/int8.json    # make int8-table (then make tables)
 
 Each row: a model trained on digits (`edgezoo.train.train_digits`, seeded), exported by
-`edgezoo.export.export` to ONNX int8 with each QDQ placement and to ExecuTorch int8; the cells are
+`edgezoo.export.export` to ONNX int8 with each QDQ placement, to ExecuTorch int8 and to LiteRT int8 (full
+integer and weighted); the cells are
 top-1 agreement with fp32 on every held-out digits image, as the gate computes it (ONNX:
 reference QDQ semantics / onnxruntime's fused kernels on this CPU), and the size against fp32.
 Trained checkpoints are kept under ``--work`` and reused by later runs.
@@ -33,7 +34,7 @@ ROWS = [
     ("ez_efficientvit_b0", 8, 48),
 ]
 CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {}),
-         ("litert", {"int8_mode": "full"})]
+         ("litert", {"int8_mode": "full"}), ("litert", {"int8_mode": "weighted"})]
 
 
 def train_stage(model: str, epochs: int, img_size: int, work: str) -> dict[str, Any]:
@@ -89,10 +90,11 @@ def _fmt(c: dict[str, Any] | None) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
-    head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK", "LiteRT XNNPACK"]
+    head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK", "LiteRT `full`",
+            "LiteRT `weighted`"]
     width = len(head) - 1
     rows = [{**r, "cells": [*r["cells"], *[None] * (width - len(r["cells"]))]} for r in rows]  # rows made before
-    # the LiteRT column have a "-" there
+    # the LiteRT columns have a "-" there
     lines = [markdown_table([[f"`{r['model']}` {r['epochs']} ep, {r['img_size']} px ({r['top1']:.1f}%)",
                               *(_fmt(c) for c in r["cells"])] for r in rows], head)]
     images = {c["images"] for r in rows for c in r["cells"] if c and c.get("images")}

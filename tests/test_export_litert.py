@@ -24,7 +24,8 @@ from tests.util import calibrate_bn_
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-from edgezoo.export.litert import litert_runner, read_metadata
+from edgezoo.export.litert import interpreter, litert_runner, read_metadata
+from edgezoo.export.litert_int8 import WEIGHTED_OPS
 
 SIZE = 32
 
@@ -66,8 +67,6 @@ def test_registered_and_listed(capsys) -> None:
 
 def test_vit_fp32_nhwc_input(tmp_path: Path) -> None:
     """A camera pipeline's NHWC frame goes in as it is; the file's input shape says so."""
-    from edgezoo.export.litert import interpreter
-
     model = _model("ez_shvit_s1")
     result = export(model, "litert", tmp_path, img_size=SIZE, layout="nhwc")
     _verified(result, tmp_path)
@@ -82,7 +81,6 @@ def test_vit_fp32_nhwc_input(tmp_path: Path) -> None:
 def test_trained_cnn_fp32_then_int8_full_integer(digits_checkpoint, tmp_path: Path) -> None:
     """The digits-trained CNN: fp32 through both gates with its metadata, then full-integer int8 calibrated on
     digits (from the same fp32 graph, converted once) agreeing with fp32 on held-out digits in both kernel sets."""
-    from edgezoo.export.litert import interpreter
     from edgezoo.export.source import resolve_source
 
     trained = digits_checkpoint("cnn")
@@ -202,6 +200,15 @@ def test_int8_full_integer_trained_vit(digits_checkpoint, tmp_path: Path) -> Non
     result = export(trained["checkpoint"], "litert", tmp_path, int8=True, calib="digits")
     _verified(result, tmp_path)
     assert result.parity["top1_agreement"] >= 0.95 and result.notes["policy_float_tensors"] > 0
+    weighted = export(trained["checkpoint"], "litert", tmp_path / "w", int8=True, calib="digits",
+                      int8_mode="weighted")
+    _verified(weighted, tmp_path / "w")
+    assert read_metadata(weighted.path)["int8_mode"] == "weighted" and weighted.parity["top1_agreement"] >= 0.95
+    interp = interpreter(Path(weighted.path).read_bytes())
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    int8_out = {op["op_name"] for op in interp._get_ops_details()
+                if any(dtypes.get(o) == np.int8 for o in op["outputs"])}
+    assert int8_out and int8_out <= {*WEIGHTED_OPS, "QUANTIZE"}, int8_out  # every other op computes in float
 
 
 @pytest.mark.slow
