@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,23 +115,36 @@ def test_out_that_is_a_file_is_one_line(capsys, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path) -> None:
-    """`edgezoo demo --quick` as a user runs it: worker processes, the quick formats through their gates."""
-    proc = subprocess.run([sys.executable, "-m", "edgezoo.cli", "demo", "--quick", "--out", str(tmp_path), "-q"],
-                          capture_output=True, text=True, timeout=1800)
+    """`edgezoo demo --quick` as a user runs it: worker processes, the quick formats through their gates.
+    Stopped (SIGTERM) once its training is recorded, the same command with ``--resume`` does not train again
+    and finishes the rest; run a third time it runs nothing again."""
+    cmd = [sys.executable, "-m", "edgezoo.cli", "demo", "--quick", "--out", str(tmp_path), "-q"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 1800
+    trained = None
+    while trained is None and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+        trained = next((p for p in (tmp_path / ".plan").glob("*train*.json")
+                        if json.loads(p.read_text() or "{}").get("status") == "done"), None)
+    assert trained is not None, "the demo did not record its training"
+    first.terminate()  # mid-plan: the exports and the benchmark are unfinished or not started
+    first.communicate(timeout=120)
+    stamp = trained.read_text()
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained.read_text() == stamp  # not trained again
     assert re.search(r"report .*report\.md", proc.stdout)
     saved = json.loads((tmp_path / "report.json").read_text())["results"]
     assert len(saved) == 1 and saved[0]["val"]["top1"] > 80  # two epochs: about 90%
+    assert saved[0]["train"]["reused"] is True
     for key, res in saved[0]["exports"].items():
         assert res["status"] in ("verified", "converted"), (key, res.get("error"))
     assert saved[0]["exports"]["onnx-int8"]["parity"]["top1_agreement"] >= 0.95
     runtimes = {r["runtime"] for r in saved[0]["bench"]["records"] if r["status"] == "ok"}
     assert {"torch", "ort", "ort-int8"} <= runtimes
-    # stopped or finished, the same command with --resume runs nothing again: every stage's record stands
+    # finished, the same command with --resume runs nothing again: every stage's record stands
     records = {p.name: p.read_text() for p in (tmp_path / ".plan").glob("*.json")}
     assert len(records) == 1 + 2 + 1  # train, the ONNX-graph formats together, CoreML, bench
-    again = subprocess.run([sys.executable, "-m", "edgezoo.cli", "demo", "--quick", "--resume", "--out", str(tmp_path),
-                            "-q"], capture_output=True, text=True, timeout=1800)
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p.name: p.read_text() for p in (tmp_path / ".plan").glob("*.json")} == records
-    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["train"]["reused"] is True
