@@ -69,7 +69,8 @@ def _matrix(args: argparse.Namespace, formats: list[Any], options: dict[str, Any
     models = [m for m in edgezoo.list_models() if any(m in edgezoo.list_models(p) for p in patterns)]
     out = Path(args.out)
     precisions = args.precisions.split(",") if args.precisions else None
-    print(f"export matrix: {len(models)} models x {', '.join(f.name for f in formats)} -> {out}", flush=True)
+    print(f"export matrix: {len(models)} models x {', '.join(f.name for f in formats)} -> {out} (the converters' "
+          f"own output: {out / '.plan' / 'converters.log'})", flush=True)
     path = Path(args.json) if args.json else out / "export-matrix.json"
     matrix = run_matrix(models, [f.name for f in formats], out, precisions=precisions, img_size=args.img_size,
                         log=lambda m: print(m, flush=True), json_path=path, batch=args.batch or 1,

@@ -96,7 +96,8 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
 
     threads = 1 if (jobs or usable_cores()) > 1 else usable_cores()
     run(Plan(stages, Path(out_dir) / ".plan"), jobs=jobs, progress=progress, desc="export matrix",
-        on_outcome=landed, initializer=_init_worker, initargs=(threads, commit()))
+        on_outcome=landed, initializer=_init_worker,
+        initargs=(threads, commit(), str(Path(out_dir) / ".plan" / "converters.log")))
     return {**head, "results": [cells[s.name] for s in stages]}
 
 
@@ -123,12 +124,21 @@ def _source(root: Path) -> list[str]:
     return sorted({*dirs, "pyproject.toml"})
 
 
-def _init_worker(threads: int, code: str | None) -> None:
+def _init_worker(threads: int, code: str | None, log: str | None = None) -> None:
+    """Each worker: its torch threads, the commit its cells record, and its converters' own output (progress
+    bars, warnings) sent to ``log`` so that the terminal shows the matrix's progress alone."""
+    import os
+
     import torch
 
     global _COMMIT
     _COMMIT = code
     torch.set_num_threads(threads)
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def machine() -> str:
