@@ -210,10 +210,12 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     planned = matrix.get("planned") or {}
     progress = ""
     if planned.get("models"):
-        complete = [m for m in planned["models"] if m in models]
+        per_model = planned["cells"] // len(planned["models"])  # every model has the same formats and precisions
+        made = {m: sum(r["model"] == m for r in matrix["results"]) for m in planned["models"]}
+        complete = [m for m, n in made.items() if n >= per_model]
         progress = (f" Filled so far: {len(matrix['results'])} of {planned['cells']} cells, {len(complete)} of "
-                    f"{len(planned['models'])} models (smallest first; `make export-matrix` continues where it "
-                    f"stopped)" + (f", cells made {dates[0]} to {dates[-1]}" if len(dates) > 1 else
+                    f"{len(planned['models'])} models complete (smallest first; `make export-matrix` continues "
+                    f"where it stopped)" + (f", cells made {dates[0]} to {dates[-1]}" if len(dates) > 1 else
                                    f", cells made {dates[0]}" if dates else "") + ".")
     failures = [f"`{r['model']}` {r['format']} {r['precision']}: {_reason(r)}" for r in matrix["results"]
                 if r["status"] == "failed"]

@@ -134,7 +134,7 @@ def test_matrix_table_json_resume_and_docs_table(tmp_path, capsys) -> None:
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_shvit_s1").iterdir()} == made
     text = markdown_table(matrix)
     assert "| `ez_shvit_s1` | verified" in text and matrix["fingerprint"]["id"] in text
-    assert "Filled so far: 2 of 2 cells, 1 of 1 models" in text  # how far a piecewise matrix has got
+    assert "Filled so far: 2 of 2 cells, 1 of 1 models complete" in text  # how far a piecewise matrix has got
     failed = {**matrix, "results": [*matrix["results"], {**matrix["results"][0], "format": "litert", "status":
                                                           "failed", "error": "aten.foo is not supported\nmore"}]}
     assert "- `ez_shvit_s1` litert fp32: aten.foo is not supported" in markdown_table(failed)  # why, listed
