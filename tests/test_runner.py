@@ -74,23 +74,30 @@ def test_a_failure_skips_what_needs_it_and_is_run_again_next_time(tmp_path: Path
     assert {n: o.status for n, o in second.items()} == {"a": "reused", "b": "reused", "c": "done", "d": "done"}
 
 
-def test_a_killed_plan_continues_where_it_stopped(tmp_path: Path) -> None:
-    """The plan runs in its own process, two workers; it is killed (SIGKILL) while ``b`` sleeps. Run again,
-    ``a`` (finished before the kill) is not run again; ``b``, ``c`` and ``d`` finish."""
+def _plan_at_b(tmp: Path) -> subprocess.Popen:
+    """The diamond plan in its own process with two workers, returned once ``b`` (which sleeps) has started."""
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
               "from pathlib import Path\n"
               "from tests.test_runner import diamond\n"
               "from edgezoo.pipelines.runner import run\n"
-              f"run(diamond(Path({str(tmp_path)!r}), seconds=60), jobs=2, progress=False)\n")
+              f"run(diamond(Path({str(tmp)!r}), seconds=60), jobs=2, progress=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while "b" not in ran(tmp_path / "log") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "b" in ran(tmp_path / "log"), "the plan did not reach b"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the plan and its workers, mid-stage
+    deadline = time.monotonic() + 120
+    while "b" not in ran(tmp / "log") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if "b" not in ran(tmp / "log"):
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        raise AssertionError("the plan did not reach b")
+    return proc
+
+
+def test_a_killed_plan_continues_where_it_stopped(tmp_path: Path) -> None:
+    """The plan runs in its own process, two workers; it is killed (SIGKILL) while ``b`` sleeps. Run again,
+    ``a`` (finished before the kill) is not run again; ``b``, ``c`` and ``d`` finish."""
+    proc = _plan_at_b(tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)  # the plan and its workers, mid-stage
+    proc.wait()
     assert json.loads((tmp_path / "state" / "a.json").read_text())["status"] == "done"
     assert not (tmp_path / "state" / "d.json").exists()
     out = run(diamond(tmp_path), jobs=0, progress=False)  # b without its sleep: another setting, so b runs again
@@ -123,17 +130,8 @@ def _alive(pid: int) -> bool:
 def test_a_terminated_plan_ends_its_workers(tmp_path: Path) -> None:
     """``kill PID`` (SIGTERM to the plan's process alone, as a scheduler or a user stops it) ends the workers
     mid-stage too, instead of leaving them running their stage without a plan to report to."""
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from pathlib import Path\n"
-              "from tests.test_runner import diamond\n"
-              "from edgezoo.pipelines.runner import run\n"
-              f"run(diamond(Path({str(tmp_path)!r}), seconds=60), jobs=2, progress=False)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    proc = _plan_at_b(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while "b" not in ran(tmp_path / "log") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "b" in ran(tmp_path / "log"), "the plan did not reach b"
         workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(workers) == 2, workers
         proc.terminate()
