@@ -108,6 +108,28 @@ def test_trained_cnn_fp32_then_int8_full_integer(digits_checkpoint, tmp_path: Pa
     assert int8.size_bytes < 0.3 * fp32.size_bytes
 
 
+#: litert-torch's name for EfficientViT-B0's classifier FULLY_CONNECTED (0.10.0): three fused locations, the
+#: LayerNorm after it first
+_FUSED = ";;".join(f"edgezoo.export.litert._Input/edgezoo.efficientvit_mit.EfficientViT_model/"
+                   f"edgezoo.efficientvit_mit.ClassifierHead_head/{loc}" for loc in (
+                       "torch.nn.modules.normalization.LayerNorm_1",
+                       "timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d_global_pool/"
+                       "torch.nn.modules.pooling.AdaptiveAvgPool2d_pool",
+                       "torch.nn.modules.linear.Linear_0")) + ";3"
+
+
+def test_a_fused_name_is_read_at_every_location() -> None:
+    """The precision policy keeps a norm's statistics float, never a weighted op a fused name places in one."""
+    from edgezoo.export.litert_int8 import _in_norm, module_path, module_paths
+
+    paths = module_paths(_FUSED)
+    assert [p for p, _ in paths] == ["head.1", "head.global_pool.pool", "head.0"]
+    assert paths[2][1] == ["EfficientViT", "ClassifierHead", "Linear"] and module_path(_FUSED) == paths[0]
+    assert not _in_norm("FULLY_CONNECTED", _FUSED) and not _in_norm("RESHAPE", _FUSED)
+    norm = _FUSED.split(";;")[0] + ";6"
+    assert module_paths(norm) == [paths[0]] and _in_norm("MEAN", norm)
+
+
 class _Histogram(nn.Module):
     """A conv, then an op litert-torch has no lowering for (``aten.histc``)."""
 
@@ -209,6 +231,18 @@ def test_int8_full_integer_trained_vit(digits_checkpoint, tmp_path: Path) -> Non
     int8_out = {op["op_name"] for op in interp._get_ops_details()
                 if any(dtypes.get(o) == np.int8 for o in op["outputs"])}
     assert int8_out and int8_out <= {*WEIGHTED_OPS, "QUANTIZE"}, int8_out  # every other op computes in float
+
+
+@pytest.mark.slow
+def test_every_weight_of_a_full_integer_file_is_int8(tmp_path: Path) -> None:
+    """EfficientViT-B0's classifier (1.3M weights, behind a fused name) is int8 like every conv and linear."""
+    result = export("ez_efficientvit_b0", "litert", tmp_path, img_size=SIZE, int8=True)  # random: not gated
+    _verified(result, tmp_path)
+    interp = interpreter(Path(result.path).read_bytes())
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    weights = [(op["op_name"], dtypes[op["inputs"][1]]) for op in interp._get_ops_details()
+               if op["op_name"] in WEIGHTED_OPS]
+    assert len(weights) > 20 and all(d == np.int8 for _, d in weights), [w for w in weights if w[1] != np.int8]
 
 
 @pytest.mark.slow
