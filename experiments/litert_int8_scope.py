@@ -11,7 +11,11 @@ ai-edge-quantizer's full-integer recipe on the same 64 calibration digits as the
 precision policy's float ops (:func:`edgezoo.export.litert_int8.policy_tensors`) plus each variant's; every
 file is run with XNNPACK on the 360 held-out digits and compared with PyTorch's fp32 top-1.
 
-    python experiments/litert_int8_scope.py CKPT [CKPT ...]
+    python experiments/litert_int8_scope.py CKPT [CKPT ...] [--calib-size N]
+
+Variants: the policy alone (``int8_mode=full``), the stem or the classifier float, every op but the convs
+and fully connected layers float (``int8_mode=weighted``), that with float logits, and dynamic range
+(``int8_mode=dynamic``: int8 weights, activations quantised per call, nothing calibrated).
 
 Answer: see ``experiments/README.md``.
 """
@@ -29,6 +33,8 @@ WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def main() -> None:
+    from ai_edge_quantizer import quantizer, recipe
+
     from edgezoo.data.calib import load_calibration
     from edgezoo.export import export, prepare
     from edgezoo.export.litert import interpreter, litert_runner
@@ -36,10 +42,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--calib-size", type=int, default=64, help="calibration digits (the exporter's default: 64)")
     args = parser.parse_args()
     for ckpt in args.checkpoints:
         src = prepare(ckpt)
-        data = load_calibration("digits", src, n=64, held_out=360)
+        data = load_calibration("digits", src, n=args.calib_size, held_out=360)
         with torch.inference_mode():
             ref = src.model(data.held_out).argmax(1).numpy()
         out = Path(tempfile.mkdtemp())
@@ -57,13 +64,17 @@ def main() -> None:
         input_name = signatures[key]["inputs"][0]
         calib = [{input_name: data.calib[i:i + 1].numpy()} for i in range(len(data.calib))]
         variants = {"policy": [], "stem float": [first], "logits float": [last], "both ends float": [first, last],
-                    "only weighted ops int8": others}
-        print(f"{src.name} at {src.input_size[1]} px: {len(ops)} ops, {len(weighted)} weighted, policy keeps "
-              f"{len(policy)} float")
+                    "only weighted ops int8": others, "weighted, logits float": [*others, last], "dynamic range": None}
+        print(f"{src.name} at {src.input_size[1]} px, {len(calib)} calibration digits: {len(ops)} ops, "
+              f"{len(weighted)} weighted, policy keeps {len(policy)} float")
         for label, extra in variants.items():
-            q = static_quantizer(content, sorted({*policy, *extra}))
-            made = bytes(q.quantize(q.calibrate({key: calib}, num_threads=1),
-                                    enable_progress_report=False).quantized_model)
+            if extra is None:
+                q = quantizer.Quantizer(bytearray(content), recipe.dynamic_wi8_afp32())
+                made = bytes(q.quantize(enable_progress_report=False).quantized_model)
+            else:
+                q = static_quantizer(content, sorted({*policy, *extra}))
+                made = bytes(q.quantize(q.calibrate({key: calib}, num_threads=1),
+                                        enable_progress_report=False).quantized_model)
             run = litert_runner(made, threads=1, xnnpack=True)
             got = np.array([int(np.argmax(run(data.held_out[i:i + 1].numpy()))) for i in range(len(ref))])
             print(f"  {label:24s} agreement {float((got == ref).mean()):.1%} ({int((got != ref).sum())} flips), "

@@ -4,7 +4,7 @@
 
 Each row: a model trained on digits (`edgezoo.train.train_digits`, seeded), exported by
 `edgezoo.export.export` to ONNX int8 with each QDQ placement, to ExecuTorch int8 and to LiteRT int8 (full
-integer and weighted); the cells are
+integer, weighted and dynamic range); the cells are
 top-1 agreement with fp32 on every held-out digits image, as the gate computes it (ONNX:
 reference QDQ semantics / onnxruntime's fused kernels on this CPU), and the size against fp32.
 Trained checkpoints are kept under ``--work`` and reused by later runs.
@@ -34,7 +34,8 @@ ROWS = [
     ("ez_efficientvit_b0", 8, 48),
 ]
 CELLS = [("onnx", {"int8_scheme": "full"}), ("onnx", {"int8_scheme": "weighted"}), ("executorch", {}),
-         ("litert", {"int8_mode": "full"}), ("litert", {"int8_mode": "weighted"})]
+         ("litert", {"int8_mode": "full"}), ("litert", {"int8_mode": "weighted"}),
+         ("litert", {"int8_mode": "dynamic"})]
 
 
 def train_stage(model: str, epochs: int, img_size: int, work: str) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def _fmt(c: dict[str, Any] | None) -> str:
 
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     head = ["model (digits fp32 top-1)", "ONNX `full`", "ONNX `weighted`", "ExecuTorch XNNPACK", "LiteRT `full`",
-            "LiteRT `weighted`"]
+            "LiteRT `weighted`", "LiteRT `dynamic`"]
     width = len(head) - 1
     rows = [{**r, "cells": [*r["cells"], *[None] * (width - len(r["cells"]))]} for r in rows]  # rows made before
     # the LiteRT columns have a "-" there
@@ -101,7 +102,8 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     lines.append("")
     lines.append(f"Top-1 agreement with fp32 on {', '.join(map(str, sorted(images)))} held-out digits (ONNX: "
                  f"reference QDQ semantics / onnxruntime's int8 kernels on this CPU); \"left float\": activations "
-                 f"the sensitivity fallback kept in float, of those quantised (`int8_fallback=auto`); "
+                 f"the sensitivity fallback kept in float, of those quantised (`int8_fallback=auto`); LiteRT "
+                 f"`dynamic`: int8 weights, activations quantised per call (no calibration, no fallback); "
                  f"`make int8-table` on {machine}.")
     return "\n".join(lines)
 

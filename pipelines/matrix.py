@@ -79,9 +79,15 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
         for prec in fmt.precisions if precisions is None or prec in precisions]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     fp = fingerprint(1)
+    settings = {"out_dir": str(out_dir), "img_size": img_size, "common": common}
     head = {"machine": machine(), "fingerprint": {k: fp[k] for k in ("id", "cpu", "flags", "usable_cores", "os",
                                                                      "versions")}, "started": started,
-            "planned": {"models": models, "formats": [f.name for f in fmts], "cells": len(stages)}}
+            "planned": {"models": models, "formats": [f.name for f in fmts], "cells": len(stages)},
+            "settings": settings}
+    if json_path is not None:
+        seeded = seed_plan(stages, Path(out_dir) / ".plan", Path(json_path), settings)
+        if seeded:
+            log(f"  {seeded} cells taken from {json_path} (their plan records were missing)")
     cells: dict[str, dict[str, Any]] = {}
 
     def landed(name: str, outcome: Any) -> None:
@@ -99,6 +105,34 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
         on_outcome=landed, initializer=_init_worker,
         initargs=(threads, commit(), str(Path(out_dir) / ".plan" / "converters.log")))
     return {**head, "results": [cells[s.name] for s in stages]}
+
+
+def seed_plan(stages: list[Any], state_dir: Path, json_path: Path, settings: dict[str, Any]) -> int:
+    """Record as done each cell of ``stages`` that the published ``json_path`` holds but ``state_dir`` does not
+    (a fresh clone has the JSON, not the plan's records), so the run goes on from the published matrix instead
+    of starting again and overwriting it. Only a JSON made with the same ``settings`` counts, and only cells that
+    did not fail: a failed cell is tried again, as it is when its record is deleted. Returns how many were
+    recorded."""
+    from edgezoo.pipelines.runner import Outcome, content_key, recorded, write_record
+
+    try:
+        published = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return 0
+    if published.get("settings") != json.loads(json.dumps(settings, default=str)):  # as the JSON holds them
+        return 0
+    rows = {f"{r['model']}/{r['format']}-{r['precision']}": r for r in published.get("results", [])}
+    seeded = 0
+    for stage in stages:
+        row = rows.get(stage.name)
+        if row is None or row.get("status") == "failed":
+            continue
+        key = content_key(stage, {})
+        if recorded(state_dir, stage.name, key) is None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            write_record(state_dir, stage.name, Outcome("done", row, seconds=row.get("seconds") or 0.0, key=key))
+            seeded += 1
+    return seeded
 
 
 def _size(model: str) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from edgezoo.errors import InvalidArgumentError
 
-__all__ = ["Outcome", "Plan", "Stage", "content_key", "run", "usable_cores"]
+__all__ = ["Outcome", "Plan", "Stage", "content_key", "recorded", "run", "usable_cores", "write_record"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _file(state_dir: Path, name: str) -> Path:
     return state_dir / (name.replace("/", "__").replace(os.sep, "__") + ".json")
 
 
-def _recorded(state_dir: Path, name: str, key: str) -> Outcome | None:
+def recorded(state_dir: Path, name: str, key: str) -> Outcome | None:
     try:
         rec = json.loads(_file(state_dir, name).read_text())
     except (OSError, ValueError):
@@ -108,7 +108,7 @@ def _recorded(state_dir: Path, name: str, key: str) -> Outcome | None:
     return None
 
 
-def _record(state_dir: Path, name: str, out: Outcome) -> None:
+def write_record(state_dir: Path, name: str, out: Outcome) -> None:
     path = _file(state_dir, name)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"stage": name, "key": out.key, "status": out.status, "result": out.result,
@@ -207,7 +207,7 @@ def run(plan: Plan, jobs: int | None = None, progress: bool = True, desc: str = 
                 if any(o is None for o in states):
                     continue
                 key = content_key(stage, outcomes)
-                hit = _recorded(plan.state_dir, stage.name, key)
+                hit = recorded(plan.state_dir, stage.name, key)
                 if hit is not None:
                     waiting.remove(stage)
                     finish(stage.name, hit)
@@ -247,7 +247,7 @@ def run(plan: Plan, jobs: int | None = None, progress: bool = True, desc: str = 
                     out = Outcome("done", result, seconds=seconds, key=key)
                 except Exception as err:  # a crashed stage is recorded; the stages that do not need it go on
                     out = Outcome("failed", error=_first_line(err), key=key)
-                _record(plan.state_dir, stage.name, out)
+                write_record(plan.state_dir, stage.name, out)
                 finish(stage.name, out)
         finished = True
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,11 @@ def test_matrix_table_json_resume_and_docs_table(tmp_path, capsys) -> None:
     made = {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_shvit_s1").iterdir()}
     code, out, _ = _run(capsys, *argv)  # run again: every cell is recorded, nothing is exported again
     assert code == 0 and json.loads((tmp_path / "export-matrix.json").read_text())["results"] == matrix["results"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_shvit_s1").iterdir()} == made
+    shutil.rmtree(tmp_path / ".plan")  # a fresh clone: the published JSON, no plan records
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0 and "2 cells taken from" in out
+    assert json.loads((tmp_path / "export-matrix.json").read_text())["results"] == matrix["results"]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ez_shvit_s1").iterdir()} == made
     text = markdown_table(matrix)
     assert "| `ez_shvit_s1` | verified" in text and matrix["fingerprint"]["id"] in text
