@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgezoo.blocks.focal import native_gelu
 from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, register_format
 from edgezoo.export.quantize import parse_fallback
 
@@ -87,7 +88,8 @@ def _convert_fp32(job: ExportJob, nhwc: bool) -> bytes:
     shapes = {"input": {0: torch.export.Dim("batch", min=1, max=1024)}} if job.dynamic else None
     wrapper = _Input(job.model, nhwc).eval()
     try:
-        edge = litert_torch.convert(wrapper, sample_kwargs={"input": x}, dynamic_shapes=shapes)
+        with native_gelu():  # LiteRT's GELU op, not the erf pattern written for onnxruntime's fusion
+            edge = litert_torch.convert(wrapper, sample_kwargs={"input": x}, dynamic_shapes=shapes)
     except Exception as err:  # the converter raises many kinds; the op it stopped at is what the user needs
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         op = _op_of(err)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ def policy_tensors(content: bytes, model: torch.nn.Module) -> list[str]:
             path, _ = module_path(name)
             kind = _POLICY_OPS.get(op["op_name"])
             inside = [r for r in regions if path == r or path.startswith(r + ".")]
-            if (op["op_name"] in _ALWAYS_FLOAT or _in_norm(op["op_name"], name)
+            if (op["op_name"] in _ALWAYS_FLOAT or _within(op["op_name"], name, _is_norm)
                     or (kind and any(kind in regions[r] for r in inside))):
                 keep[name] = None
         if op["op_name"] == "SOFTMAX":  # and the element-wise chain feeding it (bias, scale)
@@ -121,12 +122,12 @@ def policy_tensors(content: bytes, model: torch.nn.Module) -> list[str]:
     return list(keep)
 
 
-def _in_norm(op: str, tensor: str) -> bool:
-    """An op of a normalisation's statistics: not a weighted op, and every location its name gives inside a
-    norm module. A fused name can start with a norm's location although the op is the Linear after it:
-    reading the first location kept EfficientViT-B0's 1.3M-weight classifier float (its int8 file 0.75x
-    the fp32 size, 0.30x without)."""
-    return op not in WEIGHTED_OPS and all(any(_is_norm(c) for c in classes) for _, classes in module_paths(tensor))
+def _within(op: str, tensor: str, kind: Callable[[str], bool]) -> bool:
+    """Whether an op is part of a module of ``kind`` (a test on its class name): not a weighted op, and every
+    location its name gives inside such a module. A fused name can start with a norm's location although the
+    op is the Linear after it: reading the first location kept EfficientViT-B0's 1.3M-weight classifier float
+    (its int8 file 0.75x the fp32 size, 0.30x without)."""
+    return op not in WEIGHTED_OPS and all(any(kind(c) for c in classes) for _, classes in module_paths(tensor))
 
 
 def _is_norm(cls: str) -> bool:
