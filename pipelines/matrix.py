@@ -108,13 +108,15 @@ def run_matrix(models: Iterable[str], formats: list[str], out_dir: Path, precisi
 
 
 def seed_plan(stages: list[Any], state_dir: Path, json_path: Path, settings: dict[str, Any]) -> int:
-    """Record as done each cell of ``stages`` that the published ``json_path`` holds but ``state_dir`` does not
-    (a fresh clone has the JSON, not the plan's records), so the run goes on from the published matrix instead
+    """When there is no ``state_dir`` (a fresh clone has the JSON, not the plan's records), record as done each
+    cell of ``stages`` the published ``json_path`` holds, so the run goes on from the published matrix instead
     of starting again and overwriting it. Only a JSON made with the same ``settings`` counts, and only cells that
-    did not fail: a failed cell is tried again, as it is when its record is deleted. Returns how many were
-    recorded."""
+    did not fail: a failed cell is tried again. Where ``state_dir`` exists its records rule, so deleting one
+    makes that cell again. Returns how many were recorded."""
     from edgezoo.pipelines.runner import Outcome, content_key, recorded, write_record
 
+    if state_dir.exists():
+        return 0
     try:
         published = json.loads(json_path.read_text())
     except (OSError, ValueError):
