@@ -44,8 +44,8 @@ from edgezoo.blocks.focal import native_gelu
 from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, register_format
 from edgezoo.export.quantize import parse_fallback
 
-__all__ = ["INT8_MODES", "LAYOUTS", "METADATA_KEY", "LitertFormat", "interpreter", "litert_runner", "read_metadata",
-           "write_metadata"]
+__all__ = ["INT8_MODES", "LAYOUTS", "METADATA_KEY", "XNNPACK_FLOAT_ONLY", "LitertFormat", "interpreter",
+           "litert_runner", "read_metadata", "write_metadata", "xnnpack_partitions"]
 
 #: name of the flatbuffer metadata entry that holds edgezoo's metadata (one JSON string)
 METADATA_KEY = "edgezoo_metadata"
@@ -281,6 +281,8 @@ class LitertFormat(Format):
         if job.precision == "int8":
             job.metadata["int8_mode"] = mode
         job.notes["ops"] = _op_counts(content)
+        if job.precision == "int8":
+            _check_delegation(content, job)
         stem = f"{job.stem}_dynamic" if dynamic_int8 else job.stem
         path = job.work_dir / f"{stem}{self.suffix}"
         path.write_bytes(write_metadata(content, job.metadata))
@@ -301,6 +303,36 @@ class LitertFormat(Format):
         if not figures["passed"]:
             extra.update(passed=False, reason=f"without XNNPACK: {figures['reason']}")
         return extra
+
+
+#: int8 ops that ai-edge-litert 2.3.0's XNNPACK delegate leaves to the builtin kernels (it takes them in float):
+#: each one splits the delegated graph (``tests/test_export_litert.py`` checks the list). int8 HARD_SWISH's
+#: builtin kernel is slow: EfficientViT-B0's 24 cost 23.6 ms of its full-integer file's 26.6 ms at 224 px, where
+#: the fp32 file runs 3.3 ms (random weights, 1 thread, 2026-12-07, ``amd-epyc-2c-avx512-vnni-bf16-9963a7``).
+XNNPACK_FLOAT_ONLY = ("HARD_SWISH", "GELU")
+
+
+def xnnpack_partitions(content: bytes) -> int:
+    """How many parts the XNNPACK delegate takes a file in (1: every op delegated)."""
+    interp = interpreter(content, 1, xnnpack=True)
+    interp.allocate_tensors()
+    return sum(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
+
+
+def _check_delegation(content: bytes, job: ExportJob) -> None:
+    """Notes the delegated parts of an int8 file and warns of the int8 ops XNNPACK leaves out."""
+    interp = interpreter(content, 1, xnnpack=False)
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    left: dict[str, int] = {}
+    for op in interp._get_ops_details():
+        if op["op_name"] in XNNPACK_FLOAT_ONLY and any(dtypes.get(o) == np.int8 for o in op["outputs"]):
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    job.notes["xnnpack_partitions"] = parts = xnnpack_partitions(content)
+    if left:
+        job.notes["int8_outside_xnnpack"] = left
+        job.warn(f"{sum(left.values())} int8 op(s) the XNNPACK delegate runs only in float "
+                 f"({', '.join(f'{k} x{n}' for k, n in sorted(left.items()))}) run in the builtin kernels between "
+                 f"its {parts} parts; on a CPU, int8_mode=dynamic or weighted keeps them float")
 
 
 def _op_counts(content: bytes) -> dict[str, int]:

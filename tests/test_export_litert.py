@@ -155,6 +155,23 @@ def test_the_zoo_gelu_is_one_litert_op(tmp_path: Path) -> None:
         assert "erf" in str(program.graph) and torch.allclose(program.module()(x), model(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("act", [nn.Hardswish(), nn.GELU(), nn.ReLU()], ids=lambda a: type(a).__name__)
+def test_int8_ops_xnnpack_leaves_out_are_named(act: nn.Module, tmp_path: Path) -> None:
+    """XNNPACK_FLOAT_ONLY is what the delegate does: an int8 op of the list splits the delegated graph in two
+    and the export says so; ReLU (folded into the conv) leaves one part and no warning."""
+    from edgezoo.export.litert import XNNPACK_FLOAT_ONLY
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), act, nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    result = export(model, "litert", tmp_path, img_size=SIZE, int8=True, int8_fallback=0)
+    assert result.path, result.summary()
+    listed = [k for k in XNNPACK_FLOAT_ONLY if k.replace("_", "") == type(act).__name__.upper()]
+    assert result.notes["xnnpack_partitions"] == (2 if listed else 1), result.notes
+    assert bool(listed) == any("XNNPACK delegate runs only in float" in w for w in result.warnings), result.warnings
+    if listed:
+        assert result.notes["int8_outside_xnnpack"] == {listed[0]: 1}
+
+
 class _Histogram(nn.Module):
     """A conv, then an op litert-torch has no lowering for (``aten.histc``)."""
 
