@@ -332,7 +332,7 @@ def _check_delegation(content: bytes, job: ExportJob) -> None:
         job.notes["int8_outside_xnnpack"] = left
         job.warn(f"{sum(left.values())} int8 op(s) the XNNPACK delegate runs only in float "
                  f"({', '.join(f'{k} x{n}' for k, n in sorted(left.items()))}) run in the builtin kernels between "
-                 f"its {parts} parts; on a CPU, int8_mode=dynamic or weighted keeps them float")
+                 f"its {parts} parts; on a CPU, int8_mode=weighted keeps them float")
 
 
 def _op_counts(content: bytes) -> dict[str, int]:
