@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("onnx", "coreml", "executorch")
+FORMATS = ("onnx", "coreml", "executorch", "litert")
 
 
 def export_status(path: Path) -> dict[tuple[str, str], str]:
