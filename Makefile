@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/edgezoo demo
 
-# the remote-benchmark tests start a real sshd on the loopback: install OpenSSH's server where it is missing
+# the remote-benchmark tests start a real sshd on the loopback: install OpenSSH's server where it is missing;
+# --durations: the slowest tests of the run are printed with its summary (what each issue's test budget is checked on)
 test: $(STAMP)
 	scripts/ensure_sshd.sh
-	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) --durations=15 -m "not slow" tests
 
 test-all: $(STAMP)
 	scripts/ensure_sshd.sh
