@@ -49,7 +49,8 @@ import torch
 from edgezoo.export.base import ExportJob
 from edgezoo.export.quantize import fallback_setting
 
-__all__ = ["WEIGHTED_OPS", "module_path", "module_paths", "op_graph", "policy_tensors", "quantize", "static_quantizer"]
+__all__ = ["WEIGHTED_OPS", "module_path", "module_paths", "op_graph", "policy_tensors", "quantize", "static_quantizer",
+           "widen_constant_ranges"]
 
 #: TFLite ops -> the names blocks use in ``fp32_ops`` (:mod:`edgezoo.blocks.linear_attention`)
 _POLICY_OPS = {"ADD": "add", "SUB": "sub", "MUL": "mul", "DIV": "div", "BATCH_MATMUL": "matmul", "SUM": "sum",
@@ -173,6 +174,35 @@ def _unweighted(content: bytes) -> list[str]:
     return [names.get(i, "") for op in ops if op["op_name"] not in WEIGHTED_OPS for i in op["outputs"]]
 
 
+#: calibrated ranges narrower than this are "constant" (:func:`widen_constant_ranges`)
+CONSTANT_SPAN = 1e-6
+
+
+def widen_constant_ranges(calibration: dict[str, dict[str, Any]]) -> list[str]:
+    """Widens, in place, every range that was constant on all the calibration images; returns their tensors.
+
+    A tensor that never changed (the bottleneck of a squeeze-excitation whose ReLU is dead for every
+    calibration image: ResNet-18-SE's first SE block on digits) gets a scale near zero, and the ops around
+    it requantisation factors of 1e7 and 1e-11. The builtin kernels run that; XNNPACK refuses the whole
+    file ("failed to prepare"). The range becomes ``[min(c, 0), max(c, 0)]`` stretched to a span of at least
+    1 (scale 1/255): the constant stays exact (zero is always representable), and an input that moves it at
+    run time is clipped, not wrapped.
+    """
+    widened = []
+    for name, stats in calibration.items():
+        if not {"min", "max"} <= set(stats):
+            continue
+        lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
+        if lo.dtype.kind != "f" or not np.any(hi - lo < CONSTANT_SPAN):
+            continue
+        flat = hi - lo < CONSTANT_SPAN
+        new_lo = np.where(flat, np.minimum(lo, 0.0), lo)
+        new_hi = np.where(flat, np.maximum(np.maximum(hi, 0.0), new_lo + 1.0), hi)
+        stats["min"], stats["max"] = new_lo.astype(lo.dtype), new_hi.astype(hi.dtype)
+        widened.append(name)
+    return widened
+
+
 def _full(content: bytes, job: ExportJob, nhwc: bool, weighted_only: bool = False) -> bytes:
     from edgezoo.export.litert import interpreter
 
@@ -191,6 +221,9 @@ def _full(content: bytes, job: ExportJob, nhwc: bool, weighted_only: bool = Fals
     start = time.perf_counter()
     calibration = q.calibrate({key: [{input_name: x} for x in batches]}, num_threads=1)
     job.notes["calibrate_s"] = round(time.perf_counter() - start, 2)
+    widened = widen_constant_ranges(calibration)
+    if widened:
+        job.notes["constant_ranges_widened"] = widened
     quantized = bytes(q.quantize(calibration, enable_progress_report=False).quantized_model)
     job.notes["policy_float_tensors"] = len(floats)
     setting = fallback_setting(job)

@@ -71,8 +71,8 @@ def _bench_litert() -> str:
     report = json.loads(path.read_text())
     sizes = sorted({r["img_size"] for r in report["records"]}, reverse=True)
     parts = [markdown({**report, "records": [r for r in report["records"] if r["img_size"] == s]}) for s in sizes]
-    return ("\n\n".join(parts) + f"\n\nFrom `{path.relative_to(ROOT).as_posix()}`; what it "
-            "says, and the load the machine carried: [the LiteRT latency note](../notes/2026-12-07-litert-latency-quiet.md).")
+    return ("\n\n".join(parts) + f"\n\nFrom `{path.relative_to(ROOT).as_posix()}`; what it says, and the load "
+            "the machine carried: [the LiteRT latency note](../notes/2026-12-07-litert-latency-quiet.md).")
 
 
 def _matrix() -> str:

@@ -175,6 +175,40 @@ def test_int8_ops_xnnpack_leaves_out_are_named(act: nn.Module, tmp_path: Path) -
         assert result.notes["int8_outside_xnnpack"] == {listed[0]: 1}
 
 
+class _DeadSqueeze(nn.Module):
+    """A squeeze-excitation whose bottleneck ReLU is dead for every input (its bias is -100)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
+        nn.init.constant_(self.fc1.bias, -100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return (y * gate).mean((2, 3))
+
+
+def test_a_range_constant_on_every_calibration_image_is_widened(tmp_path: Path, monkeypatch) -> None:
+    """A tensor constant on all calibration images gets a near-zero scale, and XNNPACK refuses the whole
+    file; widened to a span of 1 (the constant kept exact), the file is delegated in one part and passes."""
+    from edgezoo.export import litert_int8
+
+    stats = {"t": {"min": np.zeros((1, 1), np.float32), "max": np.zeros((1, 1), np.float32)},
+             "u": {"min": np.full((1, 1), -3.0, np.float32), "max": np.full((1, 1), -3.0, np.float32)},
+             "v": {"min": np.full((1, 1), -1.0, np.float32), "max": np.full((1, 1), 2.0, np.float32)}}
+    assert litert_int8.widen_constant_ranges(stats) == ["t", "u"]
+    assert [(float(v["min"].item()), float(v["max"].item())) for v in stats.values()] == [(0, 1), (-3, 0), (-1, 2)]
+
+    result = export(_DeadSqueeze().eval(), "litert", tmp_path / "widened", img_size=SIZE, int8=True, int8_fallback=0)
+    assert result.status == "verified", result.summary()
+    assert result.notes["xnnpack_partitions"] == 1 and result.notes["constant_ranges_widened"], result.notes
+    monkeypatch.setattr(litert_int8, "widen_constant_ranges", lambda calibration: [])
+    result = export(_DeadSqueeze().eval(), "litert", tmp_path / "as-calibrated", img_size=SIZE, int8=True,
+                    int8_fallback=0)
+    assert result.status == "failed" and "XNNPACK" in result.error, result.summary()
+
+
 class _Histogram(nn.Module):
     """A conv, then an op litert-torch has no lowering for (``aten.histc``)."""
 
