@@ -243,7 +243,10 @@ def _gate(fmt: Format, job: ExportJob, artifact: Path, trained: bool) -> tuple[s
         return "converted", {"passed": None, "reason": f"not run: {err}"}
     figures = compare(ref, out, job.precision, trained)
     tol = GATES[job.precision].max_rel_err
-    if job.precision in ("fp32", "fp16") and tol is not None and figures.get("max_rel_err", 0.0) > tol:
+    if job.precision == "fp16" and not np.isfinite(out).all():
+        figures["reason"] += ("; a value exceeds fp16's range (65504) in a node the fp32 policy leaves fp16: declare "
+                              "its op in the block's fp32_ops, or export fp32")
+    elif job.precision in ("fp32", "fp16") and tol is not None and figures.get("max_rel_err", 0.0) > tol:
         noise = fp32_instability(job.model, inputs)
         figures["torch_fp32_vs_fp64"] = noise
         # fp16's unit roundoff is 2**13 times fp32's: a model that amplifies fp32 rounding to `noise` amplifies

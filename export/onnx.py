@@ -218,7 +218,53 @@ def _slim(proto: Any) -> Any:
 def _to_fp16(proto: Any, keep_fp32: list[str]) -> Any:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep_fp32, disable_shape_infer=False)
+    proto = convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep_fp32, disable_shape_infer=False)
+    return drop_fp16_round_trips(proto)
+
+
+def drop_fp16_round_trips(proto: Any) -> Any:
+    """Removes, in place, every Cast to fp16 whose value is only cast back to fp32 (and those casts back).
+
+    onnxruntime's converter casts each kept-fp32 node's output to fp16 and each kept-fp32 node's input to
+    fp32, even between two kept nodes: the value crosses fp16 for nothing, and where it exceeds 65504 it
+    becomes inf. EfficientViT-B1's linear-attention numerator reached 1.5e5 at 224 px (random weights)
+    between its fp32 MatMul and fp32 Div, and 3 of 8 gate images came out NaN. The consumers of a cast back
+    read the fp32 value itself; a Cast to fp16 that something in fp16 still reads is kept.
+    """
+    from onnx import TensorProto
+
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def cast_to(node: Any) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    dropped = set()
+    for node in graph.node:
+        if cast_to(node) != TensorProto.FLOAT or node.output[0] in outputs:
+            continue
+        source = producer.get(node.input[0])
+        if source is not None and cast_to(source) == TensorProto.FLOAT16:
+            rename[node.output[0]] = source.input[0]
+            dropped.add(id(node))
+    if not rename:
+        return proto
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    used = {name for node in graph.node if id(node) not in dropped for name in node.input} | outputs
+    dropped |= {id(node) for node in graph.node if cast_to(node) == TensorProto.FLOAT16 and node.output[0] not in used}
+    kept = [node for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    live = {out for node in kept for out in node.output}
+    stale = [v for v in graph.value_info if v.name not in live]
+    for v in stale:
+        graph.value_info.remove(v)
+    return proto
 
 
 def _stamp(proto: Any, job: ExportJob) -> None:

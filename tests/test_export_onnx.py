@@ -86,6 +86,38 @@ def test_dynamic_height_and_width(name: str, tmp_path) -> None:
         assert np.abs(sess.run(None, {"input": x.numpy()})[0] - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+class _BigProduct(torch.nn.Module):
+    """A block whose fp32 MatMul makes ~1e5 (past fp16's 65504) and whose fp32 Div brings it back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from edgezoo.blocks.linear_attention import TokenMixer
+
+        class Mixer(TokenMixer):
+            fp32_ops = ("matmul", "div")
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return (x.flatten(1).abs() @ torch.full((x[0].numel(), 4), 100.0)) / 1000.0
+
+        self.mixer = Mixer(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x)
+
+
+def test_fp16_between_policy_ops_end_to_end_and_the_overflow_named(tmp_path, monkeypatch) -> None:
+    """The same model passes fp16 with the round trips removed, and without that fails as an fp16 overflow,
+    not as a numerically unstable model."""
+    import edgezoo.export.onnx as onnx_export
+
+    res = export(_BigProduct().eval(), "onnx", tmp_path / "ok", model="big", img_size=SIZE, half=True)
+    assert res.status == "verified", res.summary()
+    monkeypatch.setattr(onnx_export, "drop_fp16_round_trips", lambda proto: proto)
+    res = export(_BigProduct().eval(), "onnx", tmp_path / "inf", model="big", img_size=SIZE, half=True)
+    assert res.status == "failed" and res.parity["reason"].startswith("non-finite outputs"), res.summary()
+    assert "65504" in res.parity["reason"] and "numerically unstable" not in res.parity["reason"]
+
+
 @pytest.mark.slow
 def test_unstable_model_fails_the_gate_with_the_cause_named(tmp_path) -> None:
     """EfficientViT-M0 with BatchNorm statistics from 64 px (every attention window mostly zero
@@ -144,6 +176,42 @@ def test_fp16_keeps_the_policy_ops_in_fp32(tmp_path) -> None:
     assert all(inits.get(c.input[1]) == onnx.TensorProto.FLOAT16 for c in convs)
     assert res.size_bytes < 0.6 * (export(_model("ez_efficientvit_b0"), "onnx", tmp_path / "fp32",
                                           img_size=SIZE).size_bytes)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    back = [n for n in proto.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT]
+    assert not [n.name for n in back if producers.get(n.input[0]) is not None
+                and producers[n.input[0]].op_type == "Cast"], "a value crosses fp16 between two fp32 nodes"
+
+
+def test_a_value_between_two_fp32_nodes_never_crosses_fp16() -> None:
+    """The fp16 converter casts a kept-fp32 node's output to fp16 and back for the next kept node: 1.2e5, past
+    fp16's 65504, comes back inf (EfficientViT-B1's linear attention at 224 px did). The round trip is removed."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from edgezoo.export.onnx import _to_fp16
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["big"], name="mm"),
+             helper.make_node("Div", ["big", "d"], ["scaled"], name="div"),
+             helper.make_node("Relu", ["scaled"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.full((4, 4), 300.0, np.float32), "w"),
+                               numpy_helper.from_array(np.array(1000.0, np.float32), "d")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    x = {"x": np.full((1, 4), 100.0, np.float32)}  # the MatMul gives 1.2e5, the Div 120
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        return ort_session(model.SerializeToString()).run(None, x)[0]
+
+    as_converted = convert_float_to_float16(onnx.ModelProto.FromString(proto.SerializeToString()),
+                                            keep_io_types=True, node_block_list=["mm", "div"])
+    assert np.isinf(run(as_converted)).all()  # what the converter alone writes
+    half = _to_fp16(proto, keep_fp32=["mm", "div"])  # (its nodes are sorted by onnxslim after it)
+    np.testing.assert_allclose(run(half), 120.0, rtol=1e-3)
+    producers = {o: n.name for n in half.graph.node for o in n.output}
+    assert producers[next(n for n in half.graph.node if n.name == "div").input[0]] == "mm"  # the fp32 value itself
+    assert [n.op_type for n in half.graph.node].count("Cast") == 2  # into the fp16 Relu and out of it
 
 
 #: kind -> (int8 scheme, least top-1 agreement, most decisive flips). Both with the default sensitivity
