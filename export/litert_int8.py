@@ -193,9 +193,9 @@ def widen_constant_ranges(calibration: dict[str, dict[str, Any]]) -> list[str]:
         if not {"min", "max"} <= set(stats):
             continue
         lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
-        if lo.dtype.kind != "f" or not np.any(hi - lo < CONSTANT_SPAN):
-            continue
         flat = hi - lo < CONSTANT_SPAN
+        if lo.dtype.kind != "f" or not flat.any():
+            continue
         new_lo = np.where(flat, np.minimum(lo, 0.0), lo)
         new_hi = np.where(flat, np.maximum(np.maximum(hi, 0.0), new_lo + 1.0), hi)
         stats["min"], stats["max"] = new_lo.astype(lo.dtype), new_hi.astype(hi.dtype)
