@@ -44,8 +44,8 @@ from edgezoo.blocks.focal import native_gelu
 from edgezoo.export.base import ExportJob, Format, NotRunnable, Option, register_format
 from edgezoo.export.quantize import parse_fallback
 
-__all__ = ["INT8_MODES", "LAYOUTS", "METADATA_KEY", "XNNPACK_FLOAT_ONLY", "LitertFormat", "interpreter",
-           "litert_runner", "read_metadata", "write_metadata", "xnnpack_partitions"]
+__all__ = ["BUILTIN_DEPTHWISE_MAX", "INT8_MODES", "LAYOUTS", "METADATA_KEY", "XNNPACK_FLOAT_ONLY", "LitertFormat",
+           "builtin_stalls", "interpreter", "litert_runner", "read_metadata", "write_metadata", "xnnpack_partitions"]
 
 #: name of the flatbuffer metadata entry that holds edgezoo's metadata (one JSON string)
 METADATA_KEY = "edgezoo_metadata"
@@ -195,6 +195,29 @@ def interpreter(content: bytes, threads: int = 1, xnnpack: bool = True, keep_ten
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
+#: The most output channels ai-edge-litert 2.3.0's builtin float DEPTHWISE_CONV_2D kernel returns for: one more
+#: and ``invoke`` never returns (measured: a 3x3 depthwise conv of 4832 channels runs in 0.3 ms on a 2x2 map, of
+#: 4833 channels it was still running after 240 s on a 1x1 map; fp32 and fp16-weight files alike, full-integer
+#: and dynamic-range int8 files run; 2026-12-07, ``amd-epyc-2c-avx512-vnni-bf16-9963a7``). 4832 is the size of
+#: the kernel's per-row accumulator, which holds no output pixel once the depth exceeds it. EfficientViT-L's
+#: 1/32 stage expands 512 to 6144 channels. The XNNPACK delegate runs these convs (0.2 ms above).
+BUILTIN_DEPTHWISE_MAX = 4832
+
+
+def builtin_stalls(content: bytes) -> str | None:
+    """Why the builtin kernels (no delegate) never finish ``content``, or None when they can run it."""
+    interp = interpreter(content, 1, xnnpack=False)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    depths = [int(tensors[op["outputs"][0]]["shape"][-1]) for op in interp._get_ops_details()
+              if op["op_name"] == "DEPTHWISE_CONV_2D"
+              and all(tensors[i]["dtype"] == np.float32 for i in op["inputs"][:2])]  # float input and filter
+    big = [d for d in depths if d > BUILTIN_DEPTHWISE_MAX]
+    if not big:
+        return None
+    return (f"{len(big)} float DEPTHWISE_CONV_2D op(s) with up to {max(big)} channels, where ai-edge-litert's "
+            f"builtin kernel never returns above {BUILTIN_DEPTHWISE_MAX}: run the file with the XNNPACK delegate "
+            f"(the interpreter's default) or export int8")
+
 
 def litert_runner(path: str | Path | bytes, threads: int = 1, xnnpack: bool = True) -> Runner:
     """A callable running a ``.tflite`` file on NCHW float32 images and returning float32 logits.
@@ -202,10 +225,13 @@ def litert_runner(path: str | Path | bytes, threads: int = 1, xnnpack: bool = Tr
     It does what an app does around the interpreter: transposes to NHWC where the file's metadata says so,
     quantises an int8 input with the file's scale and zero point and dequantises an int8 output, and resizes
     the input when the batch differs from the last call (a dynamic-batch file). ``xnnpack``: with
-    ai-edge-litert's default XNNPACK delegate, or with its builtin kernels only.
+    ai-edge-litert's default XNNPACK delegate, or with its builtin kernels only (``NotRunnable`` where
+    :func:`builtin_stalls` says they never finish the file).
     """
     content = path if isinstance(path, bytes) else Path(path).read_bytes()
     nhwc = read_metadata(content).get("layout") == "NHWC"
+    if not xnnpack and (stall := builtin_stalls(content)):
+        raise NotRunnable(f"the builtin kernels cannot run this file: {stall}")
     interp = interpreter(content, threads, xnnpack)
     interp.allocate_tensors()
     state = {"shape": tuple(interp.get_input_details()[0]["shape"])}
@@ -281,6 +307,9 @@ class LitertFormat(Format):
         if job.precision == "int8":
             job.metadata["int8_mode"] = mode
         job.notes["ops"] = _op_counts(content)
+        if stall := builtin_stalls(content):
+            job.notes["builtin_kernels"] = stall
+            job.warn(f"without the XNNPACK delegate this file never finishes: {stall}")
         if job.precision == "int8":
             _check_delegation(content, job)
         stem = f"{job.stem}_dynamic" if dynamic_int8 else job.stem
@@ -294,9 +323,12 @@ class LitertFormat(Format):
 
     def extra_parity(self, path: Path, inputs: list[np.ndarray], ref: np.ndarray, out: np.ndarray,
                      job: ExportJob) -> dict[str, Any]:
-        """The same gate with the builtin kernels (no delegate): the file fails if either fails."""
+        """The same gate with the builtin kernels (no delegate): the file fails if either fails. Where the builtin
+        kernels never finish the file (:func:`builtin_stalls`), that half is not run and says why."""
         from edgezoo.export.parity import compare
 
+        if stall := builtin_stalls(path.read_bytes()):
+            return {"without_xnnpack": {"run": False, "reason": stall}}
         builtin = np.concatenate([_run(path, x, xnnpack=False) for x in inputs])
         figures = compare(ref, builtin, job.precision, job.trained)
         extra: dict[str, Any] = {"without_xnnpack": figures}

@@ -176,12 +176,16 @@ def test_int8_ops_xnnpack_leaves_out_are_named(act: nn.Module, tmp_path: Path) -
 
 
 class _DeadSqueeze(nn.Module):
-    """A squeeze-excitation whose bottleneck ReLU is dead for every input (its bias is -100)."""
+    """A squeeze-excitation whose bottleneck ReLU is dead for every input (its bias is -100). The conv's biases
+    are spread over [-1, 1] so the logits are not near ties: with default initial biases, int8's top-1
+    agreement ranged from 72% to 100% over seeds 0-5, with these from 98.6% to 100%."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.fc1, self.fc2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
         nn.init.constant_(self.fc1.bias, -100.0)
+        with torch.no_grad():
+            self.conv.bias.copy_(torch.linspace(-1, 1, 8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
@@ -200,6 +204,7 @@ def test_a_range_constant_on_every_calibration_image_is_widened(tmp_path: Path, 
     assert litert_int8.widen_constant_ranges(stats) == ["t", "u"]
     assert [(float(v["min"].item()), float(v["max"].item())) for v in stats.values()] == [(0, 1), (-3, 0), (-1, 2)]
 
+    torch.manual_seed(0)
     result = export(_DeadSqueeze().eval(), "litert", tmp_path / "widened", img_size=SIZE, int8=True, int8_fallback=0)
     assert result.status == "verified", result.summary()
     assert result.notes["xnnpack_partitions"] == 1 and result.notes["constant_ranges_widened"], result.notes
@@ -207,6 +212,60 @@ def test_a_range_constant_on_every_calibration_image_is_widened(tmp_path: Path, 
     result = export(_DeadSqueeze().eval(), "litert", tmp_path / "as-calibrated", img_size=SIZE, int8=True,
                     int8_fallback=0)
     assert result.status == "failed" and "XNNPACK" in result.error, result.summary()
+
+
+class _WideDepthwise(nn.Module):
+    """A 1x1 conv to ``channels``, a 3x3 depthwise conv of ``channels``, a 1x1 conv back to 4 logits."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.expand, self.proj = nn.Conv2d(3, channels, 1), nn.Conv2d(channels, 4, 1)
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.relu(self.dw(self.expand(x)))).mean((2, 3))
+
+
+_INVOKE = """import sys, time, numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+it = Interpreter(model_path=sys.argv[1], experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+it.allocate_tensors()
+inp = it.get_input_details()[0]
+it.set_tensor(inp["index"], np.zeros(inp["shape"], np.float32))
+it.invoke()
+"""
+
+
+def test_a_depthwise_conv_the_builtin_kernel_never_finishes_is_gated_with_xnnpack_only(tmp_path: Path) -> None:
+    """Above BUILTIN_DEPTHWISE_MAX channels ai-edge-litert's builtin float depthwise kernel never returns (a
+    process running it is still busy after 8 s, where one channel fewer returns at once): the gate's builtin
+    half is not run and says why, the export warns, the runner refuses; XNNPACK's half still gates the file.
+    This test fails once an ai-edge-litert release fixes the kernel, and the limit should then go."""
+    import subprocess
+    import sys
+
+    from edgezoo.export.base import NotRunnable
+    from edgezoo.export.litert import BUILTIN_DEPTHWISE_MAX
+
+    size = 8
+    for channels in (BUILTIN_DEPTHWISE_MAX, BUILTIN_DEPTHWISE_MAX + 1):
+        result = export(_WideDepthwise(channels).eval(), "litert", tmp_path / str(channels), img_size=size)
+        assert result.status == "verified" and result.parity["max_rel_err"] <= 1e-4, result.summary()
+        builtin = result.parity["without_xnnpack"]
+        try:
+            subprocess.run([sys.executable, "-c", _INVOKE, result.path], timeout=8, check=True)
+            finished = True
+        except subprocess.TimeoutExpired:
+            finished = False
+        if channels == BUILTIN_DEPTHWISE_MAX:
+            assert finished and builtin["passed"] and builtin["max_rel_err"] <= 1e-4, builtin
+            assert "builtin_kernels" not in result.notes
+        else:
+            assert not finished, "the builtin depthwise kernel returned: BUILTIN_DEPTHWISE_MAX can go"
+            assert builtin["run"] is False and f"up to {channels} channels" in builtin["reason"], builtin
+            assert any("XNNPACK delegate" in w for w in result.warnings), result.warnings
+            with pytest.raises(NotRunnable, match=f"never returns above {BUILTIN_DEPTHWISE_MAX}"):
+                litert_runner(result.path, xnnpack=False)
 
 
 class _Histogram(nn.Module):
