@@ -35,7 +35,7 @@ def _export(variant: str, argv: list[str]) -> int:
 
     if variant in ("decompositions", "both"):
         table = decompositions.decompositions()
-        decompositions.corrections = lambda: dict(table)  # the int8 path runs corrections() only
+        decompositions.int8_decompositions = lambda: dict(table)  # what the int8 path runs
     if variant in ("slices", "both"):
         rewrites._dequantized = lambda node: False
     return edgezoo_main(argv)

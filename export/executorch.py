@@ -501,15 +501,14 @@ def _lower(job: ExportJob, model: nn.Module, x: torch.Tensor, start: float) -> b
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgezoo.export.xnnpack_decompositions import corrections, decompositions, fold_constants
+    from edgezoo.export.xnnpack_decompositions import decompositions, fold_constants, int8_decompositions
     from edgezoo.export.xnnpack_rewrites import rewrite_passes
 
     program = torch.export.export(model, (x,))
     if job.precision != "int8":
         program = fold_constants(program.run_decompositions(decompositions()))
-    else:  # decompositions cost time there (xnnpack_decompositions); folding might dequantise weights (the pass
-        # skips only edge-dialect quantise ops)
-        program = program.run_decompositions(corrections())
+    else:  # folding might dequantise weights (the pass skips only edge-dialect quantise ops)
+        program = program.run_decompositions(int8_decompositions())
     job.notes["export_s"] = round(time.perf_counter() - start, 2)
     job.log(f"{job.name}: lowering to XNNPACK")
     start = time.perf_counter()

@@ -196,11 +196,12 @@ def interpreter(content: bytes, threads: int = 1, xnnpack: bool = True, keep_ten
 Runner = Callable[[np.ndarray], np.ndarray]
 
 #: The most output channels ai-edge-litert 2.3.0's builtin float DEPTHWISE_CONV_2D kernel returns for: one more
-#: and ``invoke`` never returns (measured: a 3x3 depthwise conv of 4832 channels runs in 0.3 ms on a 2x2 map, of
-#: 4833 channels it was still running after 240 s on a 1x1 map; fp32 and fp16-weight files alike, full-integer
-#: and dynamic-range int8 files run; 2026-12-07, ``amd-epyc-2c-avx512-vnni-bf16-9963a7``). 4832 is the size of
-#: the kernel's per-row accumulator, which holds no output pixel once the depth exceeds it. EfficientViT-L's
-#: 1/32 stage expands 512 to 6144 channels. The XNNPACK delegate runs these convs (0.2 ms above).
+#: and ``invoke`` never returns. Measured: a 3x3 depthwise conv of 4832 channels ran in 0.3 ms on a 2x2 map, one
+#: of 4833 channels was still running after 40 s (4864 channels on a 1x1 map: 240 s); fp32 and fp16-weight files
+#: alike, full-integer and dynamic-range int8 files run (2026-12-07, ``amd-epyc-2c-avx512-vnni-bf16-9963a7``,
+#: ``docs/notes/2026-12-07-litert-builtin-depthwise.md``). 4832 is the size of the kernel's accumulator buffer,
+#: which holds no output pixel once the depth exceeds it. EfficientViT-L's first 1/32-stage block expands 256 to
+#: 6144 channels. The XNNPACK delegate runs these convs (0.0-0.4 ms above).
 BUILTIN_DEPTHWISE_MAX = 4832
 
 

@@ -366,6 +366,24 @@ def test_tanh_gelu_is_not_lowered_as_the_exact_gelu(corrected: bool, monkeypatch
         assert abs(out - exact).max() < 1e-5 < abs(out - ref).max()
 
 
+@pytest.mark.parametrize("written_out", [False, True])
+def test_tanh_gelu_in_an_int8_program_runs(written_out: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """In an int8 program the tanh GELU is left to XNNPACK's GELU: written out between a dequantise and a quantise
+    it lowers, but XNNPACK's shape propagation refuses it on the first call (EfficientViT-L's int8 programs)."""
+    from edgezoo.export import xnnpack_decompositions
+
+    if written_out:
+        monkeypatch.setattr(xnnpack_decompositions, "int8_decompositions", xnnpack_decompositions.corrections)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.GELU(approximate="tanh"), nn.Conv2d(16, 4, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    result = export(model, "executorch", tmp_path, img_size=8, int8=True, int8_fallback=0)
+    if written_out:
+        assert result.status == "failed" and "execute() failed" in result.error, result.summary()
+    else:
+        assert result.status == "verified", result.summary()
+
+
 # -- lowering: one fp32 and one int8 in the default suite -----------------------------------------
 
 def test_fp32_verified_with_metadata(tmp_path: Path):
