@@ -234,7 +234,7 @@ def int8_decompositions() -> dict[Any, Callable[..., Any]]:
 
 
 def corrections() -> dict[Any, Callable[..., Any]]:
-    """The ops XNNPACK would take but compute a different function for (every program, int8 too)."""
+    """The ops XNNPACK would take but compute a different function for (fp32 programs: :func:`decompositions`)."""
     return {torch.ops.aten.gelu.default: _gelu}
 
 
